@@ -1,0 +1,33 @@
+# syntax=docker/dockerfile:1.7
+# Two images from one build: `--target app` (the bundled graceful HTTP app) and
+# `--target operator` (the GracefulService controller). Both run as non-root on distroless.
+#
+#   docker build --target app      -t ghcr.io/graceful-dev/graceful-app:0.1.0 .
+#   docker build --target operator -t ghcr.io/graceful-dev/graceful-operator:0.1.0 .
+
+ARG RUST_VERSION=1.95
+
+FROM rust:${RUST_VERSION}-bookworm AS build
+WORKDIR /src
+COPY . .
+# Cache mounts keep the registry and target dir between builds; the binaries are copied out of
+# the cache mount so the next stage can see them.
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked -p graceful-app -p graceful-operator \
+ && mkdir -p /out \
+ && cp target/release/graceful-app target/release/graceful-operator target/release/crdgen /out/
+
+FROM gcr.io/distroless/cc-debian12:nonroot AS app
+COPY --from=build /out/graceful-app /usr/local/bin/graceful-app
+USER 65532:65532
+# 8080: main listener (the Service's port). 9090: admin listener (preStop, probes, metrics).
+EXPOSE 8080 9090
+ENTRYPOINT ["/usr/local/bin/graceful-app"]
+
+FROM gcr.io/distroless/cc-debian12:nonroot AS operator
+COPY --from=build /out/graceful-operator /usr/local/bin/graceful-operator
+USER 65532:65532
+# 8080: health and metrics.
+EXPOSE 8080
+ENTRYPOINT ["/usr/local/bin/graceful-operator"]
