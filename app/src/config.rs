@@ -1,0 +1,174 @@
+//! Command-line flags. Every flag also reads an environment variable, because the operator
+//! configures the container through env vars (see docs/architecture.md, "The app's contract").
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use clap::{CommandFactory, Parser, ValueEnum};
+
+/// How the process reacts to SIGTERM/SIGINT.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ShutdownMode {
+    /// Stop accepting, finish every in-flight request, close idle connections, exit 0.
+    Graceful,
+    /// Exit at once, dropping in-flight requests. Exists only as the naive twin that proves the
+    /// zero-error test can fail; never use it in production.
+    Immediate,
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines, for local runs.
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// The bundled graceful HTTP app: a main listener for the workload and an admin listener for
+/// preStop, readiness, liveness and metrics.
+#[derive(Clone, Debug, Parser)]
+#[command(name = "graceful-app", version, about)]
+pub struct Config {
+    /// Address both listeners bind to.
+    #[arg(long, env = "GRACEFUL_BIND", default_value = "0.0.0.0")]
+    pub bind: IpAddr,
+
+    /// Port of the main (workload) listener; 0 picks a free port.
+    #[arg(long, env = "GRACEFUL_PORT", default_value_t = 8080)]
+    pub port: u16,
+
+    /// Port of the admin listener (/prestop, /readyz, /livez, /metrics); 0 picks a free port.
+    #[arg(long, env = "GRACEFUL_ADMIN_PORT", default_value_t = 9090)]
+    pub admin_port: u16,
+
+    /// Artificial work time of every `GET /`, in milliseconds.
+    #[arg(long, env = "GRACEFUL_WORK_MS", default_value_t = 0)]
+    pub work_ms: u64,
+
+    /// Cap on the per-request `?work_ms=N` query parameter, in milliseconds.
+    #[arg(long, env = "GRACEFUL_MAX_WORK_MS", default_value_t = 30_000)]
+    pub max_work_ms: u64,
+
+    /// How long /prestop holds after flipping readiness to false, in milliseconds, so the
+    /// endpoint can leave every proxy before the kubelet sends SIGTERM.
+    #[arg(long, env = "GRACEFUL_DRAIN_DELAY_MS", default_value_t = 5_000)]
+    pub drain_delay_ms: u64,
+
+    /// Bound on the drain after SIGTERM, in milliseconds; past it the process exits 1.
+    #[arg(long, env = "GRACEFUL_SHUTDOWN_TIMEOUT_MS", default_value_t = 20_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub shutdown_timeout_ms: u64,
+
+    /// Time a client gets to send complete request headers, in milliseconds. It also bounds how
+    /// long an idle keep-alive connection stays open (the timer starts when the connection waits
+    /// for its next request).
+    #[arg(long, env = "GRACEFUL_HEADER_READ_TIMEOUT_MS", default_value_t = 30_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub header_read_timeout_ms: u64,
+
+    /// Largest accepted request head (request line plus headers), in bytes; larger gets 431.
+    #[arg(long, env = "GRACEFUL_MAX_HEADER_BYTES", default_value_t = 16_384,
+          value_parser = clap::value_parser!(u64).range(1024..=1_048_576))]
+    pub max_header_bytes: u64,
+
+    /// Most open connections on the main listener; further clients wait in the kernel backlog.
+    #[arg(long, env = "GRACEFUL_MAX_CONNECTIONS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_connections: u64,
+
+    /// Most open connections on the admin listener.
+    #[arg(long, env = "GRACEFUL_ADMIN_MAX_CONNECTIONS", default_value_t = 64,
+          value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub admin_max_connections: u64,
+
+    /// What SIGTERM/SIGINT do: `graceful` drains, `immediate` exits at once (naive twin).
+    #[arg(long, env = "GRACEFUL_SHUTDOWN_MODE", value_enum, default_value_t = ShutdownMode::Graceful)]
+    pub shutdown_mode: ShutdownMode,
+
+    /// Log format.
+    #[arg(long, env = "GRACEFUL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    /// Parses flags and env vars; on bad input prints the message and exits with code 2.
+    pub fn from_args() -> Self {
+        let config = Config::parse();
+        if let Err(message) = config.validate() {
+            Config::command()
+                .error(clap::error::ErrorKind::ArgumentConflict, message)
+                .exit();
+        }
+        config
+    }
+
+    /// Checks rules that span several flags.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.port != 0 && self.port == self.admin_port {
+            return Err(format!(
+                "--port and --admin-port must differ (both are {})",
+                self.port
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn default_work(&self) -> Duration {
+        Duration::from_millis(self.work_ms)
+    }
+
+    pub fn max_work(&self) -> Duration {
+        Duration::from_millis(self.max_work_ms)
+    }
+
+    pub fn drain_delay(&self) -> Duration {
+        Duration::from_millis(self.drain_delay_ms)
+    }
+
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_millis(self.shutdown_timeout_ms)
+    }
+
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.header_read_timeout_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, clap::Error> {
+        Config::try_parse_from(std::iter::once("graceful-app").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let config = parse(&[]).unwrap();
+        assert_eq!(config.port, 8080);
+        assert_eq!(config.admin_port, 9090);
+        assert_eq!(config.drain_delay_ms, 5_000);
+        assert_eq!(config.shutdown_timeout_ms, 20_000);
+        assert_eq!(config.shutdown_mode, ShutdownMode::Graceful);
+        assert_eq!(config.log_format, LogFormat::Text);
+        assert!(config.validate().is_ok());
+    }
+
+    #[test]
+    fn rejects_bad_values() {
+        assert!(parse(&["--port", "http"]).is_err());
+        assert!(parse(&["--log-format", "xml"]).is_err());
+        assert!(parse(&["--shutdown-timeout-ms", "0"]).is_err());
+        assert!(parse(&["--max-header-bytes", "10"]).is_err());
+        assert!(parse(&["--bind", "not-an-ip"]).is_err());
+    }
+
+    #[test]
+    fn same_port_twice_is_invalid_but_zero_twice_is_fine() {
+        let same = parse(&["--port", "7000", "--admin-port", "7000"]).unwrap();
+        assert!(same.validate().is_err());
+        let zeros = parse(&["--port", "0", "--admin-port", "0"]).unwrap();
+        assert!(zeros.validate().is_ok());
+    }
+}

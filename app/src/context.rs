@@ -1,0 +1,58 @@
+//! What every request handler needs, built once at startup and shared by both listeners.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{CONNECTION, CONTENT_TYPE, HeaderValue};
+use http::{Response, StatusCode};
+use http_body_util::Full;
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::state::Lifecycle;
+
+/// The response type of both listeners: small, fully buffered bodies.
+pub type HttpResponse = Response<Full<Bytes>>;
+
+/// Shared, cheaply cloned handler context.
+#[derive(Clone)]
+pub struct AppContext {
+    pub lifecycle: Lifecycle,
+    pub metrics: Metrics,
+    pub default_work: Duration,
+    pub max_work: Duration,
+    pub drain_delay: Duration,
+    /// Body of `GET /`, computed once.
+    pub hello_body: Bytes,
+}
+
+impl AppContext {
+    pub fn new(config: &Config, lifecycle: Lifecycle, metrics: Metrics) -> Self {
+        // HOSTNAME is the pod name in Kubernetes: it tells a client which replica answered.
+        let instance = std::env::var("HOSTNAME").unwrap_or_else(|_| "graceful-app".to_owned());
+        Self {
+            lifecycle,
+            metrics,
+            default_work: config.default_work(),
+            max_work: config.max_work(),
+            drain_delay: config.drain_delay(),
+            hello_body: Bytes::from(format!("hello from {instance}\n")),
+        }
+    }
+
+    /// Builds a plain-text response; once draining started it carries `Connection: close`, so
+    /// keep-alive clients reconnect (through the proxy, to a replica that is still ready).
+    pub fn respond(&self, status: StatusCode, body: impl Into<Bytes>) -> HttpResponse {
+        let mut response = Response::new(Full::new(body.into()));
+        *response.status_mut() = status;
+        let headers = response.headers_mut();
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        if self.lifecycle.phase().is_draining() {
+            headers.insert(CONNECTION, HeaderValue::from_static("close"));
+        }
+        response
+    }
+}

@@ -1,0 +1,178 @@
+//! Prometheus metrics of the app, rendered in the text exposition format on the admin /metrics.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// Which listener a connection belongs to, used as the `listener` label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ListenerKind {
+    Main,
+    Admin,
+}
+
+impl ListenerKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ListenerKind::Main => "main",
+            ListenerKind::Admin => "admin",
+        }
+    }
+}
+
+type ListenerLabel = [(&'static str, &'static str); 1];
+
+/// All metrics; cheap to clone (every metric is an `Arc` inside).
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    requests: Counter,
+    in_flight: Gauge,
+    open_connections: Family<ListenerLabel, Gauge>,
+    draining: Gauge,
+    ready: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("graceful");
+        let requests = Counter::default();
+        let in_flight = Gauge::default();
+        let open_connections = Family::<ListenerLabel, Gauge>::default();
+        let draining = Gauge::default();
+        let ready = Gauge::default();
+        registry.register(
+            "requests",
+            "Requests answered on the main listener",
+            requests.clone(),
+        );
+        registry.register(
+            "requests_in_flight",
+            "Requests being handled on the main listener",
+            in_flight.clone(),
+        );
+        registry.register(
+            "open_connections",
+            "Open TCP connections per listener",
+            open_connections.clone(),
+        );
+        registry.register(
+            "draining",
+            "1 once draining started (preStop or SIGTERM), else 0",
+            draining.clone(),
+        );
+        registry.register(
+            "ready",
+            "1 while /readyz answers 200, else 0",
+            ready.clone(),
+        );
+        Self {
+            registry: Arc::new(registry),
+            requests,
+            in_flight,
+            open_connections,
+            draining,
+            ready,
+        }
+    }
+
+    /// Counts one main-listener request in flight until the guard drops (also on cancellation).
+    pub fn request_started(&self) -> InFlightGuard {
+        self.in_flight.inc();
+        InFlightGuard {
+            metrics: self.clone(),
+        }
+    }
+
+    /// Counts one open connection until the guard drops.
+    pub fn connection_opened(&self, listener: ListenerKind) -> ConnectionGuard {
+        let gauge = self
+            .open_connections
+            .get_or_create(&[("listener", listener.as_str())])
+            .clone();
+        gauge.inc();
+        ConnectionGuard { gauge }
+    }
+
+    pub fn set_phase_flags(&self, ready: bool, draining: bool) {
+        self.ready.set(i64::from(ready));
+        self.draining.set(i64::from(draining));
+    }
+
+    /// Open connections of one listener right now.
+    pub fn open_connections(&self, listener: ListenerKind) -> i64 {
+        self.open_connections
+            .get_or_create(&[("listener", listener.as_str())])
+            .get()
+    }
+
+    /// Renders every metric in the Prometheus text format.
+    pub fn render(&self) -> Result<String, std::fmt::Error> {
+        let mut out = String::new();
+        encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+}
+
+/// Decrements the in-flight gauge and counts the request as served when dropped.
+pub struct InFlightGuard {
+    metrics: Metrics,
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.metrics.in_flight.dec();
+        self.metrics.requests.inc();
+    }
+}
+
+/// Decrements the open-connections gauge of its listener when dropped.
+pub struct ConnectionGuard {
+    gauge: Gauge,
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_the_documented_metric_names() {
+        let metrics = Metrics::new();
+        {
+            let _request = metrics.request_started();
+            let _connection = metrics.connection_opened(ListenerKind::Main);
+            metrics.set_phase_flags(false, true);
+            let text = metrics.render().unwrap();
+            assert!(text.contains("graceful_requests_in_flight 1"), "{text}");
+            assert!(
+                text.contains("graceful_open_connections{listener=\"main\"} 1"),
+                "{text}"
+            );
+            assert!(text.contains("graceful_draining 1"), "{text}");
+            assert!(text.contains("graceful_ready 0"), "{text}");
+        }
+        let text = metrics.render().unwrap();
+        assert!(text.contains("graceful_requests_total 1"), "{text}");
+        assert!(text.contains("graceful_requests_in_flight 0"), "{text}");
+        assert!(
+            text.contains("graceful_open_connections{listener=\"main\"} 0"),
+            "{text}"
+        );
+    }
+}

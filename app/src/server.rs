@@ -1,0 +1,256 @@
+//! Binding, accept loops and the graceful drain of every connection.
+//!
+//! Each listener runs its own accept loop with its own connection limit. On SIGTERM the loops
+//! stop accepting, take what is already in the kernel's accept backlog (those clients connected
+//! before the signal and deserve an answer), close the listener, and ask hyper to shut every
+//! connection down gracefully: idle keep-alive connections close at once with a FIN, a request
+//! in flight finishes and its response carries `Connection: close`.
+
+use std::future::poll_fn;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tracing::{debug, info, warn};
+
+use crate::admin::admin_handler;
+use crate::config::{Config, ShutdownMode};
+use crate::context::AppContext;
+use crate::error::AppError;
+use crate::handlers::main_handler;
+use crate::metrics::{ListenerKind, Metrics};
+use crate::shutdown::Signals;
+use crate::state::{Lifecycle, Phase};
+
+/// Pause after a failed accept (for example EMFILE), so a persistent error cannot spin the CPU.
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(20);
+
+/// Runs the app until a termination signal, then drains. Returns Ok after a complete drain.
+pub async fn run(config: Config) -> Result<(), AppError> {
+    let lifecycle = Lifecycle::new();
+    let metrics = Metrics::new();
+    let ctx = AppContext::new(&config, lifecycle.clone(), metrics.clone());
+    // Installed before binding: a SIGTERM that arrives while starting still drains cleanly.
+    let mut signals = Signals::install()?;
+
+    let main_listener = bind(ListenerKind::Main, config.bind, config.port).await?;
+    let admin_listener = bind(ListenerKind::Admin, config.bind, config.admin_port).await?;
+    let main_addr = local_addr(ListenerKind::Main, &main_listener)?;
+    let admin_addr = local_addr(ListenerKind::Admin, &admin_listener)?;
+    announce(main_addr, admin_addr);
+
+    let http = http_builder(&config);
+    let main_loop = tokio::spawn(accept_loop(
+        main_listener,
+        ListenerKind::Main,
+        config.max_connections,
+        http.clone(),
+        ctx.clone(),
+    ));
+    let admin_loop = tokio::spawn(accept_loop(
+        admin_listener,
+        ListenerKind::Admin,
+        config.admin_max_connections,
+        http,
+        ctx.clone(),
+    ));
+    lifecycle.advance(Phase::Serving);
+    info!(%main_addr, %admin_addr, "ready");
+
+    let signal = signals.next().await;
+    let was_draining = lifecycle.phase().is_draining();
+    lifecycle.advance(Phase::Terminating);
+    if config.shutdown_mode == ShutdownMode::Immediate {
+        warn!(
+            signal,
+            "shutdown mode is immediate: exiting without draining"
+        );
+        return Ok(());
+    }
+    info!(
+        signal,
+        prestop_seen = was_draining,
+        timeout_ms = config.shutdown_timeout_ms,
+        "draining: readiness off, no new connections, finishing in-flight requests"
+    );
+    tokio::spawn(async move {
+        loop {
+            let again = signals.next().await;
+            info!(signal = again, "already draining; signal ignored");
+        }
+    });
+
+    let drained = tokio::time::timeout(config.shutdown_timeout(), async {
+        // A join error means an accept loop panicked; its connections are gone either way.
+        let _ = main_loop.await;
+        let _ = admin_loop.await;
+    })
+    .await;
+    match drained {
+        Ok(()) => {
+            info!("drained: every connection closed");
+            Ok(())
+        }
+        Err(_) => Err(AppError::ShutdownTimeout {
+            timeout_ms: config.shutdown_timeout_ms,
+            open_connections: metrics.open_connections(ListenerKind::Main)
+                + metrics.open_connections(ListenerKind::Admin),
+        }),
+    }
+}
+
+async fn bind(
+    kind: ListenerKind,
+    ip: std::net::IpAddr,
+    port: u16,
+) -> Result<TcpListener, AppError> {
+    let addr = SocketAddr::new(ip, port);
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| AppError::Bind {
+            listener: kind.as_str(),
+            addr,
+            source,
+        })
+}
+
+fn local_addr(kind: ListenerKind, listener: &TcpListener) -> Result<SocketAddr, AppError> {
+    listener.local_addr().map_err(|source| AppError::LocalAddr {
+        listener: kind.as_str(),
+        source,
+    })
+}
+
+/// Prints the one stdout line that scripts and tests parse to learn the bound ports (useful
+/// with port 0): `graceful-app listening main=<addr> admin=<addr>`.
+fn announce(main_addr: SocketAddr, admin_addr: SocketAddr) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    let written = writeln!(
+        stdout,
+        "graceful-app listening main={main_addr} admin={admin_addr}"
+    )
+    .and_then(|()| stdout.flush());
+    if let Err(error) = written {
+        // A closed stdout must not stop the server; the log line below still tells the ports.
+        debug!(%error, "could not print the listening line");
+    }
+    info!(%main_addr, %admin_addr, "listening");
+}
+
+/// The HTTP/1 settings that keep slow or malformed clients from pinning the process.
+fn http_builder(config: &Config) -> http1::Builder {
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.header_read_timeout())
+        .max_header_size(usize::try_from(config.max_header_bytes).unwrap_or(usize::MAX))
+        .keep_alive(true);
+    builder
+}
+
+/// Accepts connections until the process terminates, then drains them.
+async fn accept_loop(
+    listener: TcpListener,
+    kind: ListenerKind,
+    max_connections: u64,
+    http: http1::Builder,
+    ctx: AppContext,
+) {
+    let limit = Arc::new(Semaphore::new(
+        usize::try_from(max_connections).unwrap_or(Semaphore::MAX_PERMITS),
+    ));
+    let graceful = GracefulShutdown::new();
+    let lifecycle = ctx.lifecycle.clone();
+    loop {
+        // At the limit we stop accepting: further clients wait in the kernel backlog instead
+        // of being refused, and the header read timeout frees slots held by slow clients.
+        let permit = tokio::select! {
+            biased;
+            () = lifecycle.reached(Phase::Terminating) => break,
+            permit = limit.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break, // the semaphore is never closed
+            },
+        };
+        let accepted = tokio::select! {
+            biased;
+            () = lifecycle.reached(Phase::Terminating) => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, _peer)) => serve(stream, permit, kind, &http, &graceful, &ctx),
+            Err(error) => {
+                warn!(listener = kind.as_str(), %error, "accept failed");
+                tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+            }
+        }
+    }
+    let mut from_backlog = 0_usize;
+    while let Some(stream) = try_accept(&listener).await {
+        match limit.clone().try_acquire_owned() {
+            Ok(permit) => {
+                from_backlog += 1;
+                serve(stream, permit, kind, &http, &graceful, &ctx);
+            }
+            Err(_) => drop(stream),
+        }
+    }
+    drop(listener);
+    debug!(
+        listener = kind.as_str(),
+        from_backlog,
+        open = graceful.count(),
+        "listener closed, draining connections"
+    );
+    graceful.shutdown().await;
+}
+
+/// Takes one connection already waiting in the backlog, without waiting for a new one.
+async fn try_accept(listener: &TcpListener) -> Option<TcpStream> {
+    poll_fn(|cx| match listener.poll_accept(cx) {
+        Poll::Ready(Ok((stream, _))) => Poll::Ready(Some(stream)),
+        Poll::Ready(Err(_)) | Poll::Pending => Poll::Ready(None),
+    })
+    .await
+}
+
+/// Serves one connection on its own task, watched by `graceful` so the drain can reach it.
+fn serve(
+    stream: TcpStream,
+    permit: OwnedSemaphorePermit,
+    kind: ListenerKind,
+    http: &http1::Builder,
+    graceful: &GracefulShutdown,
+    ctx: &AppContext,
+) {
+    if let Err(error) = stream.set_nodelay(true) {
+        debug!(%error, "could not set TCP_NODELAY");
+    }
+    let connection_guard = ctx.metrics.connection_opened(kind);
+    let handler_ctx = ctx.clone();
+    let service = service_fn(move |request| {
+        let ctx = handler_ctx.clone();
+        async move {
+            match kind {
+                ListenerKind::Main => main_handler(ctx, request).await,
+                ListenerKind::Admin => admin_handler(ctx, request).await,
+            }
+        }
+    });
+    let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+    tokio::spawn(async move {
+        let _permit = permit;
+        let _guard = connection_guard;
+        if let Err(error) = connection.await {
+            debug!(listener = kind.as_str(), %error, "connection ended with an error");
+        }
+    });
+}

@@ -1,0 +1,115 @@
+//! The lifecycle of the process as one monotonic phase, shared by both listeners.
+//!
+//! Readiness, `Connection: close` and the end of the preStop hold are all read from this one
+//! value, so they can never disagree.
+
+use tokio::sync::watch;
+
+/// Where the process is in its life. Phases only move forward.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Phase {
+    /// Listeners are not bound yet: not ready.
+    Starting,
+    /// Both listeners are bound and nothing asked to drain: ready.
+    Serving,
+    /// /prestop was called: not ready, every response carries `Connection: close`.
+    Draining,
+    /// SIGTERM/SIGINT arrived: listeners stop accepting, connections finish and close.
+    Terminating,
+}
+
+impl Phase {
+    /// Whether /readyz answers 200.
+    pub fn is_ready(self) -> bool {
+        self == Phase::Serving
+    }
+
+    /// Whether responses must carry `Connection: close`.
+    pub fn is_draining(self) -> bool {
+        self >= Phase::Draining
+    }
+}
+
+/// Shared handle on the phase.
+#[derive(Clone, Debug)]
+pub struct Lifecycle {
+    phase: watch::Sender<Phase>,
+}
+
+impl Default for Lifecycle {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Lifecycle {
+    pub fn new() -> Self {
+        Self {
+            phase: watch::Sender::new(Phase::Starting),
+        }
+    }
+
+    pub fn phase(&self) -> Phase {
+        *self.phase.borrow()
+    }
+
+    /// Moves forward to `next`; returns true when this call changed the phase. A phase never
+    /// moves back, so a late "serving" cannot undo a drain.
+    pub fn advance(&self, next: Phase) -> bool {
+        self.phase.send_if_modified(|current| {
+            if next > *current {
+                *current = next;
+                true
+            } else {
+                false
+            }
+        })
+    }
+
+    /// Waits until the phase has reached at least `target`.
+    pub async fn reached(&self, target: Phase) {
+        let mut rx = self.phase.subscribe();
+        // The sender lives in `self`, so `wait_for` cannot fail while we are borrowed.
+        let _ = rx.wait_for(|phase| *phase >= target).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phases_only_move_forward() {
+        let lifecycle = Lifecycle::new();
+        assert!(!lifecycle.phase().is_ready());
+        assert!(lifecycle.advance(Phase::Serving));
+        assert!(lifecycle.phase().is_ready());
+        assert!(lifecycle.advance(Phase::Terminating));
+        assert!(!lifecycle.advance(Phase::Draining));
+        assert!(!lifecycle.advance(Phase::Serving));
+        assert_eq!(lifecycle.phase(), Phase::Terminating);
+        assert!(lifecycle.phase().is_draining());
+    }
+
+    #[test]
+    fn readiness_and_draining_per_phase() {
+        assert!(!Phase::Starting.is_ready() && !Phase::Starting.is_draining());
+        assert!(Phase::Serving.is_ready() && !Phase::Serving.is_draining());
+        assert!(!Phase::Draining.is_ready() && Phase::Draining.is_draining());
+        assert!(!Phase::Terminating.is_ready() && Phase::Terminating.is_draining());
+    }
+
+    #[tokio::test]
+    async fn reached_wakes_on_a_later_phase() {
+        let lifecycle = Lifecycle::new();
+        let waiter = {
+            let lifecycle = lifecycle.clone();
+            tokio::spawn(async move { lifecycle.reached(Phase::Draining).await })
+        };
+        lifecycle.advance(Phase::Terminating);
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+}

@@ -1,0 +1,89 @@
+//! What load to generate.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::ensure;
+
+/// Whether a worker reuses its connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnectionMode {
+    /// Reuse the connection until the server closes it, then reconnect.
+    KeepAlive,
+    /// One new connection per request (`Connection: close` on every request).
+    Close,
+}
+
+/// The load of one run. Both bounds apply: whichever comes first ends the run.
+#[derive(Clone, Debug)]
+pub struct LoadSpec {
+    pub target: SocketAddr,
+    /// Path and query, e.g. `/?work_ms=100`.
+    pub path: String,
+    /// `Host` header; defaults to the target address.
+    pub host: Option<String>,
+    pub concurrency: usize,
+    /// Most requests started in total, across workers.
+    pub max_requests: u64,
+    /// No request starts after this much time since the run began.
+    pub duration: Duration,
+    pub mode: ConnectionMode,
+    /// Bound on one request, connect included; past it the request fails as a timeout.
+    pub request_timeout: Duration,
+}
+
+impl LoadSpec {
+    /// One keep-alive worker, 1,000 requests, 10 s, 10 s per request; adjust with the setters.
+    pub fn new(target: SocketAddr, path: impl Into<String>) -> Self {
+        Self {
+            target,
+            path: path.into(),
+            host: None,
+            concurrency: 1,
+            max_requests: 1_000,
+            duration: Duration::from_secs(10),
+            mode: ConnectionMode::KeepAlive,
+            request_timeout: Duration::from_secs(10),
+        }
+    }
+
+    pub fn concurrency(mut self, workers: usize) -> Self {
+        self.concurrency = workers;
+        self
+    }
+
+    pub fn max_requests(mut self, count: u64) -> Self {
+        self.max_requests = count;
+        self
+    }
+
+    pub fn duration(mut self, duration: Duration) -> Self {
+        self.duration = duration;
+        self
+    }
+
+    pub fn mode(mut self, mode: ConnectionMode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    pub fn host(mut self, host: impl Into<String>) -> Self {
+        self.host = Some(host.into());
+        self
+    }
+
+    pub(crate) fn validate(&self) -> anyhow::Result<()> {
+        ensure!(self.concurrency > 0, "concurrency must be at least 1");
+        ensure!(self.path.starts_with('/'), "path must start with '/'");
+        ensure!(
+            !self.request_timeout.is_zero(),
+            "request timeout must be positive"
+        );
+        Ok(())
+    }
+}
