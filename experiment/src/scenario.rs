@@ -2,8 +2,6 @@
 //! apply the change, watch it complete, keep the load going a while, stop, clean up.
 
 use std::io::IsTerminal as _;
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
@@ -17,12 +15,12 @@ use kube::api::{
 use kube::runtime::watcher;
 use kube::{Api, Client};
 use serde::Serialize;
-use tokio::sync::watch;
 
-use crate::load::{self, Counters, LoadConfig, Summary};
+use crate::load::{self, LoadConfig, Summary};
 use crate::report::RunReport;
 use crate::timeline::{EventKind, Timeline};
 use crate::workloads::{self, AppSpec, FIELD_MANAGER, WORKLOAD};
+use loadgen::Control;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -174,8 +172,7 @@ async fn drive(
     let timeline = Timeline::new(origin);
     timeline.record(EventKind::LoadStarted);
     let watchers = spawn_watchers(client, ns, timeline.clone());
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let counters = Arc::new(Counters::default());
+    let control = Control::new();
     let cfg = LoadConfig {
         target,
         path: "/".into(),
@@ -188,11 +185,11 @@ async fn drive(
         "==> {scenario}/{setup}: load of {} keep-alive clients through 127.0.0.1:{node_port}",
         p.clients
     );
-    let load_task = tokio::spawn(load::run(cfg, origin, stop_rx, counters.clone()));
+    let load_task = tokio::spawn(load::run(cfg, origin, control.clone()));
     let progress = tokio::spawn(progress(
         format!("{scenario}/{setup}"),
         origin,
-        counters.clone(),
+        control.clone(),
         client.clone(),
         ns.to_string(),
     ));
@@ -215,16 +212,15 @@ async fn drive(
         anyhow::Ok(())
     }
     .await;
-    let _ = stop_tx.send(true);
-    let load = load_task.await.context("load task")?;
+    control.stop();
+    let load = load_task.await.context("load task")??;
     timeline.record(EventKind::LoadStopped);
     progress.abort();
     watchers.abort();
-    let counted = counters.sent.load(Ordering::Relaxed);
     eprintln!(
         "\n==> {scenario}/{setup}: {} requests, {} errors",
-        counted,
-        counters.errors.load(Ordering::Relaxed)
+        control.finished(),
+        control.failed()
     );
     outcome?;
     Ok((load, timeline))
@@ -345,8 +341,7 @@ async fn wait_serving(target: std::net::SocketAddr, timeout: Duration) -> anyhow
             max_duration: Duration::from_secs(5),
             request_timeout: Duration::from_secs(5),
         };
-        let (_tx, rx) = watch::channel(false);
-        let r = load::run(probe, Instant::now(), rx, Arc::default()).await;
+        let r = load::run(probe, Instant::now(), Control::new()).await?;
         if r.samples.iter().all(|s| s.error.is_none()) && !r.samples.is_empty() {
             streak += 1;
         } else {
@@ -406,13 +401,7 @@ fn spawn_watchers(client: &Client, ns: &str, timeline: Timeline) -> tokio::task:
 }
 
 /// A status line on stderr: elapsed, requests, errors, rate, pods.
-async fn progress(
-    label: String,
-    origin: Instant,
-    counters: Arc<Counters>,
-    client: Client,
-    ns: String,
-) {
+async fn progress(label: String, origin: Instant, control: Control, client: Client, ns: String) {
     let tty = std::io::stderr().is_terminal();
     let pods: Api<Pod> = Api::namespaced(client, &ns);
     let mut last_sent = 0;
@@ -420,8 +409,8 @@ async fn progress(
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
         tick += 1;
-        let sent = counters.sent.load(Ordering::Relaxed);
-        let errors = counters.errors.load(Ordering::Relaxed);
+        let sent = control.finished();
+        let errors = control.failed();
         let (running, terminating) = match pods.list(&ListParams::default()).await {
             Ok(l) => {
                 let t = l

@@ -2,7 +2,7 @@
 //! connections to a backend once its readiness turned false.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// Shared switch board of one run; clone it freely.
 #[derive(Clone, Debug, Default)]
@@ -14,6 +14,8 @@ pub struct Control {
 struct Flags {
     stop: AtomicBool,
     no_new_connections: AtomicBool,
+    finished: AtomicU64,
+    failed: AtomicU64,
 }
 
 impl Control {
@@ -38,5 +40,22 @@ impl Control {
 
     pub fn new_connections_allowed(&self) -> bool {
         !self.inner.no_new_connections.load(Ordering::SeqCst)
+    }
+
+    /// Requests finished so far (ok or failed), for a live progress display.
+    pub fn finished(&self) -> u64 {
+        self.inner.finished.load(Ordering::Relaxed)
+    }
+
+    /// Failed requests so far, for a live progress display.
+    pub fn failed(&self) -> u64 {
+        self.inner.failed.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn count(&self, ok: bool) {
+        self.inner.finished.fetch_add(1, Ordering::Relaxed);
+        if !ok {
+            self.inner.failed.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }

@@ -85,6 +85,7 @@ impl Worker {
                     connection = None;
                 }
             }
+            self.control.count(record.is_ok());
             records.push(record);
         }
         records
