@@ -1,1 +1,23 @@
-//! placeholder
+//! graceful-operator: reconciles `GracefulService` into a Deployment, a Service and a
+//! PodDisruptionBudget, and walks scale-downs one settled step at a time.
+//!
+//! Pure decisions ([`manifests`], [`planner`], [`validation`], [`status`]) are separate from the
+//! Kubernetes I/O in [`controller`].
+
+pub mod controller;
+pub mod crd;
+pub mod error;
+pub mod http;
+pub mod leader;
+pub mod manifests;
+pub mod metrics;
+pub mod planner;
+pub mod status;
+pub mod telemetry;
+pub mod validation;
+
+/// The one field manager for every server-side apply the operator makes.
+pub const FIELD_MANAGER: &str = "graceful-operator";
+
+pub use crd::{GracefulService, GracefulServiceSpec, GracefulServiceStatus};
+pub use error::Error;

@@ -1,0 +1,435 @@
+//! The reconcile loop: Kubernetes I/O at the edges, decisions delegated to the pure modules.
+//!
+//! Each reconcile server-side applies the Deployment (at the replicas the planner holds), the
+//! Service and the PodDisruptionBudget with the one field manager, so any drift is overwritten;
+//! then reads pods and EndpointSlices, asks [`planner::plan`] whether to take a scale-down step,
+//! and writes status. Owner references make deletion a garbage-collection matter.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{ListParams, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::crd::{GracefulService, GracefulServiceStatus, MANAGED_SELECTOR, NAME_KEY};
+use crate::error::Error;
+use crate::manifests::{Owner, deployment, pdb, service};
+use crate::metrics::Metrics;
+use crate::planner::{self, DeploymentObservation, Observation, StepPolicy};
+use crate::{FIELD_MANAGER, status, validation};
+
+/// Requeue of a refused spec: the spec changing triggers a reconcile anyway.
+pub const INVALID_REQUEUE: Duration = Duration::from_secs(300);
+/// Label the EndpointSlice controller puts on the slices of a Service.
+const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// Shared by all reconciles.
+pub struct Context {
+    /// API client.
+    pub client: Client,
+    /// Publishes events.k8s.io Events.
+    pub recorder: Recorder,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Consecutive failed reconciles per object (namespace/name), for the retry backoff.
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    /// A context with a recorder reporting as `graceful-operator`.
+    pub fn new(client: Client, metrics: Metrics) -> Self {
+        let reporter = Reporter {
+            controller: FIELD_MANAGER.to_string(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            metrics,
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+/// Runs the controller until `shutdown` resolves, watching `namespace` or all namespaces.
+pub async fn run(
+    ctx: Arc<Context>,
+    namespace: Option<String>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let client = ctx.client.clone();
+    let managed = watcher::Config::default().labels(MANAGED_SELECTOR);
+    Controller::new(
+        scoped::<GracefulService>(&client, &namespace),
+        watcher::Config::default(),
+    )
+    .owns(scoped::<Deployment>(&client, &namespace), managed.clone())
+    .owns(scoped::<Service>(&client, &namespace), managed.clone())
+    .owns(
+        scoped::<PodDisruptionBudget>(&client, &namespace),
+        managed.clone(),
+    )
+    .watches(
+        scoped::<Pod>(&client, &namespace),
+        managed.clone(),
+        |pod: Pod| owner_by_label(&pod, NAME_KEY),
+    )
+    .watches(
+        scoped::<EndpointSlice>(&client, &namespace),
+        managed,
+        |slice: EndpointSlice| owner_by_label(&slice, SERVICE_NAME_LABEL),
+    )
+    .graceful_shutdown_on(shutdown)
+    .run(reconcile, error_policy, ctx)
+    .for_each(|result| async move {
+        match result {
+            Ok((object, _)) => tracing::debug!(object = %object, "reconciled"),
+            Err(error) => tracing::warn!(%error, "reconcile failed"),
+        }
+    })
+    .await;
+}
+
+fn scoped<K>(client: &Client, namespace: &Option<String>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    <K as Resource>::DynamicType: Default,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Maps a pod or EndpointSlice to the GracefulService named by one of its labels.
+fn owner_by_label<K: Resource>(obj: &K, key: &str) -> Option<ObjectRef<GracefulService>> {
+    let name = obj.meta().labels.as_ref()?.get(key)?;
+    let namespace = obj.meta().namespace.as_deref()?;
+    Some(ObjectRef::new(name).within(namespace))
+}
+
+/// Retries failed reconciles with a backoff that doubles with each consecutive failure of the
+/// object (1 s, 2 s, 4 s ... capped at 5 minutes); a successful reconcile resets it.
+fn error_policy(gsvc: Arc<GracefulService>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.failed(error);
+    let failures = ctx.record_failure(&key(&gsvc));
+    let delay = backoff(failures);
+    tracing::warn!(gsvc = %gsvc.name_any(), %error, failures, retry_in_s = delay.as_secs(), "reconcile error");
+    Action::requeue(delay)
+}
+
+/// Delay before retry number `failures` (1-based).
+pub fn backoff(failures: u32) -> Duration {
+    let exponent = failures.saturating_sub(1).min(9);
+    Duration::from_secs((1u64 << exponent).min(300))
+}
+
+fn key(gsvc: &GracefulService) -> String {
+    format!(
+        "{}/{}",
+        gsvc.namespace().unwrap_or_default(),
+        gsvc.name_any()
+    )
+}
+
+impl Context {
+    fn record_failure(&self, key: &str) -> u32 {
+        match self.failures.lock() {
+            Ok(mut map) => {
+                let n = map.entry(key.to_string()).or_insert(0);
+                *n = n.saturating_add(1);
+                *n
+            }
+            Err(_) => 1,
+        }
+    }
+
+    fn record_success(&self, key: &str) {
+        if let Ok(mut map) = self.failures.lock() {
+            map.remove(key);
+        }
+    }
+}
+
+/// One reconcile of one GracefulService.
+pub async fn reconcile(gsvc: Arc<GracefulService>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let _timer = ctx.metrics.start_reconcile();
+    let owner = Owner::of(&gsvc)?;
+    let problems = validation::check(&gsvc.spec);
+    if !problems.is_empty() {
+        let result = refuse(&gsvc, &owner, &ctx, &problems.join("; ")).await;
+        if result.is_ok() {
+            ctx.record_success(&key(&gsvc));
+        }
+        return result;
+    }
+    let result = match apply_and_step(&gsvc, &owner, &ctx).await {
+        Err(error) if error.is_invalid() => refuse(&gsvc, &owner, &ctx, &error.to_string()).await,
+        other => other,
+    };
+    if result.is_ok() {
+        ctx.record_success(&key(&gsvc));
+    }
+    result
+}
+
+async fn apply_and_step(
+    gsvc: &GracefulService,
+    owner: &Owner,
+    ctx: &Context,
+) -> Result<Action, Error> {
+    let client = &ctx.client;
+    let ns = owner.namespace.as_str();
+    let spec = &gsvc.spec;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
+
+    let current = deployments
+        .get_opt(&owner.name)
+        .await?
+        .and_then(|d| d.spec)
+        .and_then(|s| s.replicas);
+    let hold = planner::replicas_to_hold(spec.replicas, current);
+    let applied = apply(
+        &deployments,
+        &owner.name,
+        &deployment::build(owner, spec, hold),
+    )
+    .await?;
+    apply(
+        &Api::<Service>::namespaced(client.clone(), ns),
+        &owner.name,
+        &service::build(owner, spec),
+    )
+    .await?;
+    apply(
+        &Api::<PodDisruptionBudget>::namespaced(client.clone(), ns),
+        &owner.name,
+        &pdb::build(owner),
+    )
+    .await?;
+
+    let now = Timestamp::now();
+    let previous = gsvc.status.as_ref();
+    let observation = Observation {
+        desired: spec.replicas,
+        deployment: observe(&applied),
+        terminating_pods: terminating_pods(client, ns, &owner.name).await?,
+        ready_endpoints: ready_endpoints(client, ns, &owner.name).await?,
+        now,
+        last_step_time: previous
+            .and_then(|s| s.last_step_time.as_ref())
+            .map(|t| t.0),
+        policy: StepPolicy {
+            step_size: spec.scale_down.step_size,
+            min_interval: secs(spec.scale_down.min_step_interval_seconds),
+            step_timeout: secs(spec.scale_down.step_timeout_seconds),
+        },
+    };
+    let decision = planner::plan(&observation);
+    if let Some(wait) = &decision.wait {
+        tracing::debug!(gsvc = %owner.name, replicas = decision.replicas, reason = %wait.message(), "holding");
+    }
+    if let Some(step) = decision.step {
+        apply(
+            &deployments,
+            &owner.name,
+            &deployment::build(owner, spec, step.to),
+        )
+        .await?;
+        ctx.metrics.steps.inc();
+        tracing::info!(gsvc = %owner.name, from = step.from, to = step.to, desired = spec.replicas, "scale-down step");
+        publish(
+            ctx,
+            gsvc,
+            EventType::Normal,
+            "ScaleDownStep",
+            format!(
+                "Deployment replicas {} -> {} (target {})",
+                step.from, step.to, spec.replicas
+            ),
+        )
+        .await;
+    }
+    let was_degraded = is_degraded(previous);
+    if let Some(message) = &decision.degraded
+        && !was_degraded
+    {
+        publish(ctx, gsvc, EventType::Warning, "Degraded", message.clone()).await;
+    }
+    let new_status = status::from_decision(
+        &owner.name,
+        gsvc.metadata.generation,
+        previous,
+        spec.replicas,
+        &observation.deployment,
+        &decision,
+        now,
+    );
+    write_status(client, owner, &new_status).await?;
+    Ok(Action::requeue(decision.requeue_after))
+}
+
+/// Reports a spec the operator will not act on, without retrying hot.
+async fn refuse(
+    gsvc: &GracefulService,
+    owner: &Owner,
+    ctx: &Context,
+    problems: &str,
+) -> Result<Action, Error> {
+    ctx.metrics.invalid_specs.inc();
+    let previous = gsvc.status.as_ref();
+    let already_reported = previous.is_some_and(|s| {
+        s.observed_generation == gsvc.metadata.generation
+            && s.conditions
+                .iter()
+                .any(|c| c.type_ == status::DEGRADED && c.message == problems)
+    });
+    if !already_reported {
+        tracing::warn!(gsvc = %owner.name, %problems, "invalid spec");
+        publish(
+            ctx,
+            gsvc,
+            EventType::Warning,
+            "InvalidSpec",
+            problems.to_string(),
+        )
+        .await;
+    }
+    let new_status = status::invalid_spec(
+        &owner.name,
+        gsvc.metadata.generation,
+        previous,
+        problems,
+        Timestamp::now(),
+    );
+    write_status(&ctx.client, owner, &new_status).await?;
+    Ok(Action::requeue(INVALID_REQUEUE))
+}
+
+fn is_degraded(status: Option<&GracefulServiceStatus>) -> bool {
+    status.is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == status::DEGRADED && c.status == "True")
+    })
+}
+
+fn secs(seconds: i32) -> Duration {
+    Duration::from_secs(u64::try_from(seconds).unwrap_or(0))
+}
+
+/// Server-side apply with the operator's field manager, forcing ownership (drift is reverted).
+async fn apply<K>(api: &Api<K>, name: &str, object: &K) -> Result<K, Error>
+where
+    K: Resource + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
+{
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    Ok(api.patch(name, &params, &Patch::Apply(object)).await?)
+}
+
+async fn write_status(
+    client: &Client,
+    owner: &Owner,
+    status: &GracefulServiceStatus,
+) -> Result<(), Error> {
+    let api: Api<GracefulService> = Api::namespaced(client.clone(), &owner.namespace);
+    let body = serde_json::json!({
+        "apiVersion": "graceful.dev/v1alpha1",
+        "kind": "GracefulService",
+        "status": status,
+    });
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    api.patch_status(&owner.name, &params, &Patch::Apply(&body))
+        .await?;
+    Ok(())
+}
+
+async fn publish(
+    ctx: &Context,
+    gsvc: &GracefulService,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) {
+    let event = Event {
+        type_,
+        reason: reason.to_string(),
+        note: Some(note),
+        action: "Reconcile".to_string(),
+        secondary: None,
+    };
+    // An event that cannot be written must not fail the reconcile: status carries the same facts.
+    if let Err(error) = ctx.recorder.publish(&event, &gsvc.object_ref(&())).await {
+        tracing::warn!(%error, reason, "could not publish event");
+    }
+}
+
+/// The planner's view of a Deployment.
+pub fn observe(d: &Deployment) -> DeploymentObservation {
+    let status = d.status.clone().unwrap_or_default();
+    DeploymentObservation {
+        spec_replicas: d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1),
+        generation: d.metadata.generation.unwrap_or(0),
+        observed_generation: status.observed_generation.unwrap_or(0),
+        replicas: status.replicas.unwrap_or(0),
+        ready_replicas: status.ready_replicas.unwrap_or(0),
+        updated_replicas: status.updated_replicas.unwrap_or(0),
+        available_replicas: status.available_replicas.unwrap_or(0),
+        progress_deadline_exceeded: status.conditions.unwrap_or_default().iter().any(|c| {
+            c.type_ == "Progressing" && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
+        }),
+    }
+}
+
+async fn terminating_pods(client: &Client, ns: &str, name: &str) -> Result<i32, Error> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let list = pods
+        .list(&ListParams::default().labels(&status::selector(name)))
+        .await?;
+    let count = list
+        .items
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_some())
+        .count();
+    Ok(i32::try_from(count).unwrap_or(i32::MAX))
+}
+
+/// Ready endpoints over the Service's EndpointSlices (a missing `ready` counts as ready, as the
+/// API documents; a terminating endpoint is never ready).
+async fn ready_endpoints(client: &Client, ns: &str, name: &str) -> Result<i32, Error> {
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), ns);
+    let list = slices
+        .list(&ListParams::default().labels(&format!("{SERVICE_NAME_LABEL}={name}")))
+        .await?;
+    let count = list
+        .items
+        .iter()
+        .flat_map(|s| s.endpoints.iter())
+        .filter(|e| e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true))
+        .count();
+    Ok(i32::try_from(count).unwrap_or(i32::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let delays: Vec<u64> = (1..=12).map(|n| backoff(n).as_secs()).collect();
+        assert_eq!(delays, [1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300, 300]);
+    }
+}

@@ -1,0 +1,415 @@
+//! The `GracefulService` custom resource: spec, status and the schema rules the API server enforces.
+//!
+//! Everything the API server can check on its own (ranges, enums, cross-field CEL rules) lives here as
+//! schema; what it cannot check lives in [`crate::validation`].
+
+use k8s_openapi::api::core::v1::{EnvVar, ResourceRequirements};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+/// API group of the resource.
+pub const GROUP: &str = "graceful.dev";
+/// Image of the bundled app, used when the spec names none.
+pub const DEFAULT_IMAGE: &str = "ghcr.io/graceful-dev/graceful-app:0.1.0";
+
+/// Desired state of a GracefulService: an HTTP service that loses no request on rollout or scale-down.
+// The repeated `printcolumn(type_ = ...)` keys are separate columns, not duplicates.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "graceful.dev",
+    version = "v1alpha1",
+    kind = "GracefulService",
+    plural = "gracefulservices",
+    shortname = "gsvc",
+    category = "graceful",
+    namespaced,
+    status = "GracefulServiceStatus",
+    derive = "PartialEq",
+    doc = "A GracefulService runs an HTTP app as a Deployment, Service and PodDisruptionBudget, and scales it down one settled step at a time.",
+    scale(
+        spec_replicas_path = ".spec.replicas",
+        status_replicas_path = ".status.replicas",
+        label_selector_path = ".status.selector"
+    ),
+    printcolumn(
+        name = "Desired",
+        type_ = "integer",
+        json_path = ".spec.replicas",
+        description = "Replicas asked for"
+    ),
+    printcolumn(
+        name = "Step Target",
+        type_ = "integer",
+        json_path = ".status.stepTarget",
+        description = "Replicas of the current scale-down step"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "integer",
+        json_path = ".status.readyReplicas",
+        description = "Ready pods"
+    ),
+    printcolumn(
+        name = "Phase",
+        type_ = "string",
+        json_path = ".status.phase",
+        description = "Stable, RollingOut, ScalingDown or Degraded"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct GracefulServiceSpec {
+    /// Number of pods wanted. Scale-up goes straight there; scale-down walks there in settled steps.
+    #[serde(default = "default_replicas")]
+    #[schemars(range(min = 0))]
+    pub replicas: i32,
+    /// Container image; its repository decides which program runs.
+    #[serde(default = "default_image")]
+    #[schemars(length(min = 1, max = 512))]
+    pub image: String,
+    /// Arguments passed to the container.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    /// Extra environment variables; the GRACEFUL_* variables the operator sets are reserved.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<EnvVar>,
+    /// CPU and memory requests and limits of the container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Ports the app listens on.
+    #[serde(default)]
+    pub ports: PortsSpec,
+    /// HTTP paths on the admin port.
+    #[serde(default)]
+    pub paths: PathsSpec,
+    /// How the Service exposes the main port.
+    #[serde(default)]
+    pub service: ServiceSpec,
+    /// Timing of a pod's shutdown.
+    #[serde(default)]
+    pub shutdown: ShutdownSpec,
+    /// Rolling-update settings of the Deployment.
+    #[serde(default)]
+    pub rollout: RolloutSpec,
+    /// How scale-down proceeds.
+    #[serde(default)]
+    pub scale_down: ScaleDownSpec,
+}
+
+/// Ports of the app's two listeners.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.main != self.admin").message("ports.main and ports.admin must differ"))]
+pub struct PortsSpec {
+    /// Port of the main listener, the only one the Service exposes.
+    #[serde(default = "default_main_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub main: i32,
+    /// Port of the admin listener (preStop, probes, metrics); never exposed through the Service.
+    #[serde(default = "default_admin_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub admin: i32,
+}
+
+/// Admin endpoints of the app.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PathsSpec {
+    /// Path the preStop hook calls; it flips readiness and holds for the drain delay.
+    #[serde(default = "default_prestop_path")]
+    #[schemars(length(min = 1, max = 256))]
+    #[x_kube(validation = Rule::new("self.startsWith('/')").message("paths.preStop must start with '/'"))]
+    pub pre_stop: String,
+    /// Path of the readiness probe.
+    #[serde(default = "default_readiness_path")]
+    #[schemars(length(min = 1, max = 256))]
+    #[x_kube(validation = Rule::new("self.startsWith('/')").message("paths.readiness must start with '/'"))]
+    pub readiness: String,
+    /// Path of the liveness probe.
+    #[serde(default = "default_liveness_path")]
+    #[schemars(length(min = 1, max = 256))]
+    #[x_kube(validation = Rule::new("self.startsWith('/')").message("paths.liveness must start with '/'"))]
+    pub liveness: String,
+}
+
+/// Kind of Service in front of the pods.
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default,
+)]
+pub enum ServiceType {
+    /// Reachable inside the cluster only.
+    #[default]
+    ClusterIP,
+    /// Also reachable on a port of every node.
+    NodePort,
+}
+
+/// The Service's shape.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.type == 'NodePort' || !has(self.nodePort)").message("service.nodePort is only allowed with service.type NodePort"))]
+pub struct ServiceSpec {
+    /// ClusterIP (default) or NodePort.
+    #[serde(default, rename = "type")]
+    pub type_: ServiceType,
+    /// Fixed node port (30000-32767) for type NodePort; picked by the API server when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 30000, max = 32767))]
+    pub node_port: Option<i32>,
+}
+
+/// Timing of a pod's shutdown.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.terminationGracePeriodSeconds > self.drainDelaySeconds + self.maxRequestSeconds").message("shutdown.terminationGracePeriodSeconds must exceed drainDelaySeconds + maxRequestSeconds"))]
+pub struct ShutdownSpec {
+    /// How long the preStop hook holds after flipping readiness, so every proxy drops the endpoint first.
+    #[serde(default = "default_drain_delay")]
+    #[schemars(range(min = 0, max = 3600))]
+    pub drain_delay_seconds: i32,
+    /// Duration of the longest request the app serves; in-flight requests get this long to finish.
+    #[serde(default = "default_max_request")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub max_request_seconds: i32,
+    /// The pod's termination grace period; covers the drain delay plus the longest request.
+    #[serde(default = "default_grace")]
+    #[schemars(range(min = 1, max = 7200))]
+    pub termination_grace_period_seconds: i32,
+}
+
+/// Rolling-update settings of the Deployment.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!((type(self.maxSurge) == string ? self.maxSurge == '0%' : self.maxSurge == 0) && (type(self.maxUnavailable) == string ? self.maxUnavailable == '0%' : self.maxUnavailable == 0))").message("rollout.maxSurge and rollout.maxUnavailable must not both be 0"))]
+pub struct RolloutSpec {
+    /// Pods created above the desired count during a rollout (number or percentage).
+    #[serde(default = "default_max_surge")]
+    pub max_surge: IntOrString,
+    /// Pods allowed to be unavailable during a rollout (number or percentage).
+    #[serde(default = "default_max_unavailable")]
+    pub max_unavailable: IntOrString,
+    /// Seconds a new pod must be ready before it counts as available.
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 3600))]
+    pub min_ready_seconds: i32,
+}
+
+/// How scale-down proceeds.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ScaleDownSpec {
+    /// Pods removed per step.
+    #[serde(default = "default_step_size")]
+    #[schemars(range(min = 1))]
+    #[x_kube(validation = Rule::new("self >= 1").message("scaleDown.stepSize must be at least 1"))]
+    pub step_size: i32,
+    /// Minimum seconds between two steps, on top of waiting for the previous step to settle.
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 86400))]
+    pub min_step_interval_seconds: i32,
+    /// A step not settled after this many seconds marks the resource Degraded.
+    #[serde(default = "default_step_timeout")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub step_timeout_seconds: i32,
+}
+
+/// Phase shown in `kubectl get gsvc`.
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default,
+)]
+pub enum Phase {
+    /// Deployment settled at the desired replicas.
+    #[default]
+    Stable,
+    /// Pods are being created or replaced.
+    RollingOut,
+    /// Replicas are being removed step by step.
+    ScalingDown,
+    /// Something needs a human: invalid spec, a step or rollout that does not settle.
+    Degraded,
+}
+
+/// Observed state, written by the operator only.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct GracefulServiceStatus {
+    /// metadata.generation of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Pods of the Deployment (not terminating).
+    #[serde(default)]
+    pub replicas: i32,
+    /// Ready pods of the Deployment.
+    #[serde(default)]
+    pub ready_replicas: i32,
+    /// Replicas the Deployment is set to now: the current step of a scale-down.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_target: Option<i32>,
+    /// Label selector of the pods, as a string, for the scale subresource and HorizontalPodAutoscalers.
+    #[serde(default)]
+    pub selector: String,
+    /// Summary of the state.
+    #[serde(default)]
+    pub phase: Phase,
+    /// Available, Progressing, Degraded and ScalingDown.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// When the last scale-down step was applied; the minimum interval and step timeout count from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_step_time: Option<Time>,
+}
+
+fn default_replicas() -> i32 {
+    1
+}
+fn default_image() -> String {
+    DEFAULT_IMAGE.to_string()
+}
+fn default_main_port() -> i32 {
+    8080
+}
+fn default_admin_port() -> i32 {
+    9090
+}
+fn default_prestop_path() -> String {
+    "/prestop".to_string()
+}
+fn default_readiness_path() -> String {
+    "/readyz".to_string()
+}
+fn default_liveness_path() -> String {
+    "/livez".to_string()
+}
+fn default_drain_delay() -> i32 {
+    5
+}
+fn default_max_request() -> i32 {
+    10
+}
+fn default_grace() -> i32 {
+    30
+}
+fn default_max_surge() -> IntOrString {
+    IntOrString::String("25%".to_string())
+}
+fn default_max_unavailable() -> IntOrString {
+    IntOrString::Int(0)
+}
+fn default_step_size() -> i32 {
+    1
+}
+fn default_step_timeout() -> i32 {
+    300
+}
+
+impl Default for PortsSpec {
+    fn default() -> Self {
+        Self {
+            main: default_main_port(),
+            admin: default_admin_port(),
+        }
+    }
+}
+
+impl Default for PathsSpec {
+    fn default() -> Self {
+        Self {
+            pre_stop: default_prestop_path(),
+            readiness: default_readiness_path(),
+            liveness: default_liveness_path(),
+        }
+    }
+}
+
+impl Default for ShutdownSpec {
+    fn default() -> Self {
+        Self {
+            drain_delay_seconds: default_drain_delay(),
+            max_request_seconds: default_max_request(),
+            termination_grace_period_seconds: default_grace(),
+        }
+    }
+}
+
+impl Default for RolloutSpec {
+    fn default() -> Self {
+        Self {
+            max_surge: default_max_surge(),
+            max_unavailable: default_max_unavailable(),
+            min_ready_seconds: 0,
+        }
+    }
+}
+
+impl Default for ScaleDownSpec {
+    fn default() -> Self {
+        Self {
+            step_size: default_step_size(),
+            min_step_interval_seconds: 0,
+            step_timeout_seconds: default_step_timeout(),
+        }
+    }
+}
+
+impl Default for GracefulServiceSpec {
+    fn default() -> Self {
+        Self {
+            replicas: default_replicas(),
+            image: default_image(),
+            args: Vec::new(),
+            env: Vec::new(),
+            resources: None,
+            ports: PortsSpec::default(),
+            paths: PathsSpec::default(),
+            service: ServiceSpec::default(),
+            shutdown: ShutdownSpec::default(),
+            rollout: RolloutSpec::default(),
+            scale_down: ScaleDownSpec::default(),
+        }
+    }
+}
+
+impl ShutdownSpec {
+    /// Bound the app gets for its drain after SIGTERM: what is left of the grace period after the
+    /// preStop hold, minus one second of margin so the kubelet's SIGKILL never cuts a response.
+    pub fn app_shutdown_timeout_ms(&self) -> i64 {
+        let seconds = i64::from(self.termination_grace_period_seconds)
+            - i64::from(self.drain_delay_seconds)
+            - 1;
+        seconds.max(0) * 1000
+    }
+}
+
+/// Labels shared by every object the operator creates for `name`.
+pub fn common_labels(name: &str) -> std::collections::BTreeMap<String, String> {
+    [
+        ("app.kubernetes.io/name".to_string(), name.to_string()),
+        (
+            "app.kubernetes.io/managed-by".to_string(),
+            crate::FIELD_MANAGER.to_string(),
+        ),
+    ]
+    .into_iter()
+    .collect()
+}
+
+/// The pod selector for `name`.
+pub fn selector_labels(name: &str) -> std::collections::BTreeMap<String, String> {
+    [(SELECTOR_KEY.to_string(), name.to_string())]
+        .into_iter()
+        .collect()
+}
+
+/// Label key of the pod selector.
+pub const SELECTOR_KEY: &str = "graceful.dev/service";
+/// Label key naming the owning GracefulService on everything the operator creates.
+pub const NAME_KEY: &str = "app.kubernetes.io/name";
+/// Label selector matching everything the operator manages.
+pub const MANAGED_SELECTOR: &str = "app.kubernetes.io/managed-by=graceful-operator";

@@ -1,0 +1,262 @@
+//! Builds the GracefulService status (phase and standard conditions) from a planner decision.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+
+use crate::crd::{GracefulServiceStatus, Phase, SELECTOR_KEY};
+use crate::planner::{Decision, DeploymentObservation};
+
+/// Condition types, in the order they are written.
+pub const AVAILABLE: &str = "Available";
+/// The resource is moving towards its desired state.
+pub const PROGRESSING: &str = "Progressing";
+/// Something needs attention.
+pub const DEGRADED: &str = "Degraded";
+/// A stepped scale-down is in progress.
+pub const SCALING_DOWN: &str = "ScalingDown";
+
+/// Label selector string of the pods (for the scale subresource and HPAs).
+pub fn selector(name: &str) -> String {
+    format!("{SELECTOR_KEY}={name}")
+}
+
+/// One condition as computed now, before transition times are merged.
+struct Fresh {
+    type_: &'static str,
+    status: bool,
+    reason: &'static str,
+    message: String,
+}
+
+/// Status after a reconcile that applied the children and ran the planner.
+pub fn from_decision(
+    name: &str,
+    generation: Option<i64>,
+    previous: Option<&GracefulServiceStatus>,
+    desired: i32,
+    deployment: &DeploymentObservation,
+    decision: &Decision,
+    now: Timestamp,
+) -> GracefulServiceStatus {
+    let scaling_down = decision.replicas > desired || decision.last_step_time.is_some();
+    let wait = decision
+        .wait
+        .as_ref()
+        .map(|w| w.message())
+        .unwrap_or_default();
+    let fresh = vec![
+        Fresh {
+            type_: AVAILABLE,
+            status: deployment.available_replicas >= deployment.spec_replicas,
+            reason: if deployment.available_replicas >= deployment.spec_replicas {
+                "AllReplicasAvailable"
+            } else {
+                "ReplicasUnavailable"
+            },
+            message: format!(
+                "{} of {} replicas available",
+                deployment.available_replicas, deployment.spec_replicas
+            ),
+        },
+        Fresh {
+            type_: PROGRESSING,
+            status: decision.phase != Phase::Stable,
+            reason: match decision.phase {
+                Phase::Stable => "Settled",
+                Phase::RollingOut => "RollingOut",
+                Phase::ScalingDown => "ScalingDown",
+                Phase::Degraded => "NotSettling",
+            },
+            message: if decision.phase == Phase::Stable {
+                format!("settled at {desired} replicas")
+            } else {
+                wait.clone()
+            },
+        },
+        Fresh {
+            type_: SCALING_DOWN,
+            status: scaling_down,
+            reason: if decision.step.is_some() {
+                "StepTaken"
+            } else if scaling_down {
+                "WaitingForSettle"
+            } else {
+                "AtTarget"
+            },
+            message: if scaling_down {
+                format!("step target {} towards {desired}", decision.replicas)
+            } else {
+                String::new()
+            },
+        },
+        Fresh {
+            type_: DEGRADED,
+            status: decision.degraded.is_some(),
+            reason: if decision.degraded.is_some() {
+                "NotSettling"
+            } else {
+                "AsExpected"
+            },
+            message: decision.degraded.clone().unwrap_or_default(),
+        },
+    ];
+    GracefulServiceStatus {
+        observed_generation: generation,
+        replicas: deployment.replicas,
+        ready_replicas: deployment.ready_replicas,
+        step_target: Some(decision.replicas),
+        selector: selector(name),
+        phase: decision.phase,
+        conditions: merge(previous, fresh, generation, now),
+        last_step_time: decision.last_step_time.map(Time),
+    }
+}
+
+/// Status for a spec the operator refuses to act on: Degraded with the problems, nothing else
+/// changed, so the last known counts stay visible.
+pub fn invalid_spec(
+    name: &str,
+    generation: Option<i64>,
+    previous: Option<&GracefulServiceStatus>,
+    problems: &str,
+    now: Timestamp,
+) -> GracefulServiceStatus {
+    let mut status = previous.cloned().unwrap_or_default();
+    let fresh = vec![
+        Fresh {
+            type_: PROGRESSING,
+            status: false,
+            reason: "InvalidSpec",
+            message: "spec refused; fix it to continue".to_string(),
+        },
+        Fresh {
+            type_: DEGRADED,
+            status: true,
+            reason: "InvalidSpec",
+            message: problems.to_string(),
+        },
+    ];
+    status.conditions = merge(previous, fresh, generation, now);
+    status.observed_generation = generation;
+    status.selector = selector(name);
+    status.phase = Phase::Degraded;
+    status
+}
+
+/// Keeps `lastTransitionTime` of conditions whose status did not change, and keeps previous
+/// conditions not recomputed now.
+fn merge(
+    previous: Option<&GracefulServiceStatus>,
+    fresh: Vec<Fresh>,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> Vec<Condition> {
+    let old: &[Condition] = previous.map(|s| s.conditions.as_slice()).unwrap_or(&[]);
+    let mut out: Vec<Condition> = old
+        .iter()
+        .filter(|c| !fresh.iter().any(|f| f.type_ == c.type_))
+        .cloned()
+        .collect();
+    for f in fresh {
+        let status = if f.status { "True" } else { "False" }.to_string();
+        let transition = old
+            .iter()
+            .find(|c| c.type_ == f.type_ && c.status == status)
+            .map(|c| c.last_transition_time.clone())
+            .unwrap_or(Time(now));
+        out.push(Condition {
+            type_: f.type_.to_string(),
+            status,
+            reason: f.reason.to_string(),
+            message: f.message,
+            observed_generation: generation,
+            last_transition_time: transition,
+        });
+    }
+    out.sort_by_key(|c| {
+        [AVAILABLE, PROGRESSING, SCALING_DOWN, DEGRADED]
+            .iter()
+            .position(|t| *t == c.type_)
+            .unwrap_or(usize::MAX)
+    });
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::planner::{Observation, StepPolicy, plan};
+    use std::time::Duration;
+
+    fn obs(desired: i32, at: i32) -> Observation {
+        Observation {
+            desired,
+            deployment: DeploymentObservation {
+                spec_replicas: at,
+                generation: 1,
+                observed_generation: 1,
+                replicas: at,
+                ready_replicas: at,
+                updated_replicas: at,
+                available_replicas: at,
+                progress_deadline_exceeded: false,
+            },
+            terminating_pods: 0,
+            ready_endpoints: at,
+            now: Timestamp::from_second(1_000).unwrap(),
+            last_step_time: None,
+            policy: StepPolicy {
+                step_size: 1,
+                min_interval: Duration::ZERO,
+                step_timeout: Duration::from_secs(300),
+            },
+        }
+    }
+
+    #[test]
+    fn stable_status_has_all_conditions_and_selector() {
+        let o = obs(3, 3);
+        let d = plan(&o);
+        let s = from_decision("web", Some(2), None, 3, &o.deployment, &d, o.now);
+        assert_eq!(s.selector, "graceful.dev/service=web");
+        assert_eq!(s.phase, Phase::Stable);
+        let types: Vec<_> = s.conditions.iter().map(|c| c.type_.as_str()).collect();
+        assert_eq!(types, [AVAILABLE, PROGRESSING, SCALING_DOWN, DEGRADED]);
+        assert!(
+            s.conditions
+                .iter()
+                .all(|c| c.observed_generation == Some(2))
+        );
+    }
+
+    #[test]
+    fn transition_time_kept_while_status_unchanged() {
+        let o = obs(1, 5);
+        let d = plan(&o);
+        let first = from_decision("web", Some(1), None, 1, &o.deployment, &d, o.now);
+        let later = o.now + k8s_openapi::jiff::SignedDuration::from_secs(60);
+        let second = from_decision("web", Some(1), Some(&first), 1, &o.deployment, &d, later);
+        let sd = |s: &GracefulServiceStatus| {
+            s.conditions
+                .iter()
+                .find(|c| c.type_ == SCALING_DOWN)
+                .cloned()
+                .unwrap()
+        };
+        assert_eq!(sd(&second).status, "True");
+        assert_eq!(
+            sd(&first).last_transition_time,
+            sd(&second).last_transition_time
+        );
+        assert_eq!(second.step_target, Some(4));
+    }
+
+    #[test]
+    fn invalid_spec_is_degraded() {
+        let s = invalid_spec("web", Some(3), None, "bad env", Timestamp::UNIX_EPOCH);
+        assert_eq!(s.phase, Phase::Degraded);
+        let deg = s.conditions.iter().find(|c| c.type_ == DEGRADED).unwrap();
+        assert_eq!(deg.status, "True");
+        assert_eq!(deg.reason, "InvalidSpec");
+    }
+}
