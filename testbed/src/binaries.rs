@@ -1,0 +1,176 @@
+//! Finding the control-plane binaries: the build script builds them once into a cache folder
+//! keyed by the Go module, and prints that folder; later calls return at once.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::process::spawn_guarded;
+
+/// The folder holding etcd, kube-apiserver, kube-controller-manager, kube-scheduler and helm.
+#[derive(Debug, Clone)]
+pub struct Binaries {
+    pub dir: PathBuf,
+}
+
+/// A cold build of the whole set takes minutes on 2 cores; this bounds a stuck one.
+const BUILD_LIMIT: Duration = Duration::from_secs(90 * 60);
+const PROGRESS_EVERY: Duration = Duration::from_secs(30);
+
+pub const COMPONENTS: [&str; 5] = [
+    "etcd",
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "helm",
+];
+
+pub fn build_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/build-controlplane.sh")
+}
+
+impl Binaries {
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// Uses `TESTBED_CONTROLPLANE_DIR` if set, else runs the build script (progress on stderr).
+    pub async fn locate_or_build() -> Result<Self> {
+        let dir = match std::env::var_os("TESTBED_CONTROLPLANE_DIR") {
+            Some(dir) => PathBuf::from(dir),
+            None => run_build_script().await?,
+        };
+        let binaries = Self { dir };
+        for name in COMPONENTS {
+            let path = binaries.path(name);
+            if !path.is_file() {
+                bail!(
+                    "{} is missing; rebuild with {}",
+                    path.display(),
+                    build_script().display()
+                );
+            }
+        }
+        Ok(binaries)
+    }
+}
+
+/// Kills the build's process group if the build is abandoned (Ctrl-C during the build).
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_none() {
+            let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+            let _ = nix::sys::signal::killpg(pid, nix::sys::signal::Signal::SIGKILL);
+            let _ = self.0.wait();
+        }
+    }
+}
+
+async fn run_build_script() -> Result<PathBuf> {
+    let script = build_script();
+    let started = Instant::now();
+    wait_for_foreign_build(started).await?;
+    let mut command = Command::new("bash");
+    command
+        .arg(&script)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    if let Some(path) = path_with_go() {
+        command.env("PATH", path);
+    }
+    let mut build = KillOnDrop(
+        spawn_guarded(command).with_context(|| format!("cannot run {}", script.display()))?,
+    );
+    let mut last_note = Instant::now();
+    let status = loop {
+        if let Some(status) = build.0.try_wait()? {
+            break status;
+        }
+        if started.elapsed() > BUILD_LIMIT {
+            bail!(
+                "{} did not finish within {} minutes",
+                script.display(),
+                BUILD_LIMIT.as_secs() / 60
+            );
+        }
+        if last_note.elapsed() >= PROGRESS_EVERY {
+            eprintln!(
+                "testbed: control-plane build still running ({} s so far)",
+                started.elapsed().as_secs()
+            );
+            last_note = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let mut stdout = String::new();
+    if let Some(mut out) = build.0.stdout.take() {
+        out.read_to_string(&mut stdout)?;
+    }
+    if !status.success() {
+        bail!(
+            "{} failed ({status}); its output is above",
+            script.display()
+        );
+    }
+    let dir = stdout
+        .lines()
+        .last()
+        .context("the build script printed no folder")?;
+    tracing::info!(
+        dir,
+        seconds = started.elapsed().as_secs_f32(),
+        "control plane binaries ready"
+    );
+    Ok(PathBuf::from(dir))
+}
+
+/// Never run two Go builds of the control plane at once (2 cores, GBs of memory each): wait for
+/// one started elsewhere (by another test binary, or by hand) to finish.
+async fn wait_for_foreign_build(started: Instant) -> Result<()> {
+    let mut last_note: Option<Instant> = None;
+    while let Some(pid) = foreign_build_pid() {
+        if started.elapsed() > BUILD_LIMIT {
+            bail!("another control-plane build (pid {pid}) is still running");
+        }
+        if last_note.is_none_or(|note| note.elapsed() >= PROGRESS_EVERY) {
+            eprintln!(
+                "testbed: waiting for a control-plane build already running (pid {pid}, {} s so far)",
+                started.elapsed().as_secs()
+            );
+            last_note = Some(Instant::now());
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    Ok(())
+}
+
+fn foreign_build_pid() -> Option<u32> {
+    let entries = std::fs::read_dir("/proc").ok()?;
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .find(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| {
+                cmdline
+                    .split(|byte| *byte == 0)
+                    .take(2)
+                    .any(|arg| arg.ends_with(b"build-controlplane.sh"))
+            })
+        })
+}
+
+/// PATH with Go's usual install folder appended when `go` is not on PATH already.
+fn path_with_go() -> Option<String> {
+    let path = std::env::var("PATH").unwrap_or_default();
+    let has_go = path
+        .split(':')
+        .any(|dir| Path::new(dir).join("go").is_file());
+    let fallback = Path::new("/usr/local/go/bin");
+    (!has_go && fallback.join("go").is_file()).then(|| format!("{path}:{}", fallback.display()))
+}

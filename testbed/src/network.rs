@@ -1,0 +1,189 @@
+//! The run's network in the host namespace: one Linux bridge with the gateway address, onto which
+//! the node agent plugs each pod's network namespace. No NAT, no forwarding to the outside: pods
+//! reach each other over the bridge and the host (apiserver, proxy) through the gateway address.
+//!
+//! Everything is done with the `ip` command, so that a person can reproduce and inspect each step.
+
+use std::net::Ipv4Addr;
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+/// Names and addresses of one run's network, all derived from its slot number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkPlan {
+    /// Bridge interface name (at most 15 bytes, as Linux requires).
+    pub bridge: String,
+    /// Prefix of every network namespace the run creates; teardown deletes all that match.
+    pub netns_prefix: String,
+    pub gateway: Ipv4Addr,
+    /// The pods' subnet, `10.213.<slot>.0/24`.
+    pub pod_cidr: String,
+}
+
+/// Prefix shared by all runs' bridges and namespaces, so a person can list them.
+pub const NAME_PREFIX: &str = "gtb";
+
+impl NetworkPlan {
+    pub fn for_slot(slot: u8) -> Self {
+        Self {
+            bridge: format!("{NAME_PREFIX}{slot}"),
+            netns_prefix: format!("{NAME_PREFIX}{slot}-"),
+            gateway: Ipv4Addr::new(10, 213, slot, 1),
+            pod_cidr: format!("10.213.{slot}.0/24"),
+        }
+    }
+
+    /// Creates the bridge with the gateway address and brings it up.
+    pub fn create(&self) -> Result<()> {
+        ip(&["link", "add", &self.bridge, "type", "bridge"])?;
+        ip(&[
+            "addr",
+            "add",
+            &format!("{}/24", self.gateway),
+            "dev",
+            &self.bridge,
+        ])?;
+        ip(&["link", "set", &self.bridge, "up"])?;
+        tracing::info!(bridge = %self.bridge, gateway = %self.gateway, "bridge created");
+        Ok(())
+    }
+
+    /// Kills what still runs in the run's namespaces, deletes them, then the bridge. Idempotent.
+    pub fn destroy(&self) {
+        for ns in netns_with_prefix(&self.netns_prefix) {
+            kill_netns_processes(&ns);
+            match ip(&["netns", "delete", &ns]) {
+                Ok(()) => tracing::info!(netns = %ns, "network namespace deleted"),
+                Err(error) => tracing::warn!(netns = %ns, %error, "cannot delete namespace"),
+            }
+        }
+        if link_exists(&self.bridge) {
+            match ip(&["link", "delete", &self.bridge]) {
+                Ok(()) => tracing::info!(bridge = %self.bridge, "bridge deleted"),
+                Err(error) => tracing::warn!(bridge = %self.bridge, %error, "cannot delete bridge"),
+            }
+        }
+    }
+
+    /// Whether the slot's subnet or bridge name is already used on this machine.
+    pub fn conflicts(&self) -> bool {
+        if link_exists(&self.bridge) {
+            return true;
+        }
+        let routes = output(&["-4", "route", "show", "table", "all"]).unwrap_or_default();
+        routes
+            .lines()
+            .filter_map(|line| line.split_whitespace().take(2).find_map(parse_cidr))
+            .any(|route| {
+                overlaps(
+                    route,
+                    (Ipv4Addr::new(10, 213, self.gateway.octets()[2], 0), 24),
+                )
+            })
+    }
+}
+
+fn ip(args: &[&str]) -> Result<()> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .context("cannot run `ip` (iproute2)")?;
+    if !out.status.success() {
+        bail!(
+            "`ip {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+fn output(args: &[&str]) -> Result<String> {
+    let out = Command::new("ip").args(args).output()?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+pub fn link_exists(name: &str) -> bool {
+    Command::new("ip")
+        .args(["link", "show", "dev", name])
+        .output()
+        .is_ok_and(|out| out.status.success())
+}
+
+/// Names of network namespaces starting with `prefix` (`ip netns list` prints `name (id: N)`).
+pub fn netns_with_prefix(prefix: &str) -> Vec<String> {
+    output(&["netns", "list"])
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| line.split_whitespace().next())
+        .filter(|name| name.starts_with(prefix))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Names of all bridges whose name starts with [`NAME_PREFIX`] followed by a slot number.
+pub fn testbed_bridges() -> Vec<String> {
+    output(&["-o", "link", "show", "type", "bridge"])
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| line.split(": ").nth(1))
+        .filter_map(|name| slot_of_bridge(name).map(|_| name.to_string()))
+        .collect()
+}
+
+/// The slot number in a bridge name such as `gtb7`.
+pub fn slot_of_bridge(name: &str) -> Option<u8> {
+    name.strip_prefix(NAME_PREFIX)?.parse().ok()
+}
+
+fn kill_netns_processes(ns: &str) {
+    for pid in output(&["netns", "pids", ns]).unwrap_or_default().lines() {
+        if let Ok(pid) = pid.trim().parse::<i32>() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            tracing::warn!(netns = %ns, pid, "killed a process left in the namespace");
+        }
+    }
+}
+
+fn parse_cidr(text: &str) -> Option<(Ipv4Addr, u8)> {
+    let (addr, len) = match text.split_once('/') {
+        Some((addr, len)) => (addr, len.parse().ok()?),
+        None => (text, 32),
+    };
+    Some((addr.parse().ok()?, len))
+}
+
+fn overlaps(a: (Ipv4Addr, u8), b: (Ipv4Addr, u8)) -> bool {
+    let len = a.1.min(b.1).min(32);
+    let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+    (u32::from(a.0) & mask) == (u32::from(b.0) & mask)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plan_names_fit_linux_limits() {
+        let plan = NetworkPlan::for_slot(254);
+        assert!(plan.bridge.len() <= 15);
+        assert_eq!(plan.gateway, Ipv4Addr::new(10, 213, 254, 1));
+        assert_eq!(plan.pod_cidr, "10.213.254.0/24");
+        assert_eq!(slot_of_bridge(&plan.bridge), Some(254));
+        assert_eq!(slot_of_bridge("gtbx"), None);
+    }
+
+    #[test]
+    fn overlap_of_routes() {
+        let slot = (Ipv4Addr::new(10, 213, 7, 0), 24);
+        assert!(overlaps(parse_cidr("10.0.0.0/8").unwrap(), slot));
+        assert!(overlaps(parse_cidr("10.213.7.5").unwrap(), slot));
+        assert!(!overlaps(parse_cidr("10.213.8.0/24").unwrap(), slot));
+        assert!(!overlaps(parse_cidr("192.0.2.0/24").unwrap(), slot));
+        assert_eq!(parse_cidr("default"), None);
+    }
+}

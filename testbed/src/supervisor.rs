@@ -1,0 +1,323 @@
+//! `testbed up`: one run of the testbed, from network and certificates to a ready API with nodes,
+//! and back to nothing. It runs until SIGINT/SIGTERM/SIGHUP, until the process named by
+//! `--watch-parent` is gone, or until one of its children dies; in every case it tears down all it
+//! made: children in reverse start order, the run's network namespaces, the bridge, the run dir.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use k8s_openapi::api::core::v1::Node;
+use serde::{Deserialize, Serialize};
+
+use crate::binaries::Binaries;
+use crate::controlplane::{self, ControlPlane};
+use crate::network::NetworkPlan;
+use crate::process::{self, Children};
+use crate::slot::Slot;
+use crate::{certs, kubeconfig};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct UpArgs {
+    /// Tear down when this process exits (the test binary that started the supervisor).
+    #[arg(long, value_name = "PID")]
+    pub watch_parent: Option<i32>,
+    /// Folder for certificates, kubeconfigs, logs and etcd data; must be absent or empty.
+    /// Default: a new folder under the temp dir.
+    #[arg(long, value_name = "DIR")]
+    pub run_dir: Option<PathBuf>,
+    /// Node objects the node agent registers.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=50))]
+    pub nodes: u32,
+    /// How far the service proxy's view lags the API (imitates a large cluster's sync lag).
+    #[arg(long, default_value_t = 1000)]
+    pub propagation_delay_ms: u64,
+    /// Keep the run dir (logs, etcd data) after teardown.
+    #[arg(long)]
+    pub keep: bool,
+}
+
+/// What a run offers, written to `<run dir>/testbed.json` next to the kubeconfig, so that a
+/// fixture given only `TESTBED_KUBECONFIG` finds the rest.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunInfo {
+    pub kubeconfig: PathBuf,
+    pub run_dir: PathBuf,
+    pub server: String,
+    pub gateway: std::net::Ipv4Addr,
+    pub apiserver_port: u16,
+    pub ca_file: PathBuf,
+    pub bridge: String,
+    pub pod_cidr: String,
+    pub netns_prefix: String,
+    pub controlplane_dir: PathBuf,
+    pub supervisor_pid: u32,
+}
+
+pub const RUN_INFO_FILE: &str = "testbed.json";
+
+const NODES_READY: Duration = Duration::from_secs(60);
+
+/// Grace between SIGTERM and SIGKILL per child at teardown: the agent stops its pods first.
+fn stop_grace(name: &str) -> Duration {
+    match name {
+        "node-agent" => Duration::from_secs(15),
+        "etcd" | "kube-apiserver" => Duration::from_secs(5),
+        _ => Duration::from_secs(3),
+    }
+}
+
+pub async fn up(args: UpArgs) -> Result<()> {
+    let started = Instant::now();
+    let (run_dir, owned) = prepare_run_dir(args.run_dir.as_deref())?;
+    let slot = Arc::new(Slot::claim(&run_dir, args.keep)?);
+    let plan = slot.plan();
+    let recorder = Arc::clone(&slot);
+    let children = Children::new(move |pid, name| recorder.record_child(pid, name));
+
+    let outcome = tokio::select! {
+        result = start_and_watch(&args, &run_dir, &plan, &children, started) => result,
+        reason = shutdown_requested(args.watch_parent) => {
+            tracing::info!(%reason, "shutting down");
+            Ok(())
+        }
+    };
+    if let Err(error) = &outcome {
+        tracing::error!("{error:#}");
+    }
+    children.stop_all(stop_grace);
+    plan.destroy();
+    if owned && !args.keep {
+        if let Err(error) = std::fs::remove_dir_all(&run_dir) {
+            tracing::warn!(%error, run_dir = %run_dir.display(), "cannot remove run dir");
+        }
+    } else {
+        tracing::info!(run_dir = %run_dir.display(), "run dir kept");
+    }
+    drop(children); // holds the other reference to the slot
+    if let Ok(slot) = Arc::try_unwrap(slot) {
+        slot.release();
+    }
+    tracing::info!("teardown complete");
+    outcome
+}
+
+/// Returns the run dir and whether teardown may delete it (always, since it is new or was empty).
+fn prepare_run_dir(requested: Option<&Path>) -> Result<(PathBuf, bool)> {
+    let dir = match requested {
+        Some(dir) => {
+            let dir = std::path::absolute(dir)?;
+            if dir.exists() && std::fs::read_dir(&dir)?.next().is_some() {
+                bail!("--run-dir {} is not empty", dir.display());
+            }
+            dir
+        }
+        None => {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .subsec_nanos();
+            std::env::temp_dir().join(format!("graceful-testbed-{}-{nanos}", std::process::id()))
+        }
+    };
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    Ok((dir, true))
+}
+
+/// Starts everything, announces the kubeconfig, then watches the children; returns only on error.
+async fn start_and_watch(
+    args: &UpArgs,
+    run_dir: &Path,
+    plan: &NetworkPlan,
+    children: &Children,
+    started: Instant,
+) -> Result<()> {
+    eprintln!("testbed: locating or building the control plane binaries");
+    let bins = Binaries::locate_or_build().await?;
+    plan.create()?;
+    let pki = certs::generate(&run_dir.join("pki"), plan.gateway, controlplane::SERVICE_IP)?;
+    eprintln!(
+        "testbed: starting the control plane (logs in {}/logs)",
+        run_dir.display()
+    );
+    let cp = controlplane::start(&bins, &pki, run_dir, plan.gateway, children).await?;
+    let agent = start_agent(args, run_dir, plan, &cp, &pki.ca_cert, children)?;
+    start_proxy(args, run_dir, &cp, children)?;
+    if agent {
+        wait_for_ready_nodes(&cp.kubeconfig, args.nodes, children, run_dir).await?;
+    }
+    let info = RunInfo {
+        kubeconfig: cp.kubeconfig.clone(),
+        run_dir: run_dir.to_path_buf(),
+        server: cp.server.clone(),
+        gateway: plan.gateway,
+        apiserver_port: cp.apiserver_port,
+        ca_file: pki.ca_cert.clone(),
+        bridge: plan.bridge.clone(),
+        pod_cidr: plan.pod_cidr.clone(),
+        netns_prefix: plan.netns_prefix.clone(),
+        controlplane_dir: bins.dir.clone(),
+        supervisor_pid: std::process::id(),
+    };
+    std::fs::write(
+        run_dir.join(RUN_INFO_FILE),
+        serde_json::to_vec_pretty(&info)?,
+    )?;
+    tracing::info!(seconds = started.elapsed().as_secs_f32(), "testbed ready");
+    eprintln!(
+        "testbed: ready in {:.1} s. Try: KUBECONFIG={} kubectl get nodes   (Ctrl-C tears down)",
+        started.elapsed().as_secs_f32(),
+        cp.kubeconfig.display()
+    );
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "KUBECONFIG={}", cp.kubeconfig.display())?;
+    stdout.flush()?;
+    drop(stdout);
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        children.ensure_running()?;
+    }
+}
+
+/// A workspace binary next to the running `testbed` binary (same cargo target dir).
+fn sibling(name: &str) -> Option<PathBuf> {
+    let path = std::env::current_exe().ok()?.parent()?.join(name);
+    path.is_file().then_some(path)
+}
+
+/// Starts the node agent if it is built; returns whether it was started.
+fn start_agent(
+    args: &UpArgs,
+    run_dir: &Path,
+    plan: &NetworkPlan,
+    cp: &ControlPlane,
+    ca_file: &Path,
+    children: &Children,
+) -> Result<bool> {
+    let Some(agent) = sibling("node-agent") else {
+        tracing::warn!("node-agent is not built next to testbed: no nodes, pods will not run");
+        return Ok(false);
+    };
+    let agent_dir = run_dir.join("agent");
+    std::fs::create_dir_all(&agent_dir)?;
+    let mut agent_args = vec![
+        format!("--kubeconfig={}", cp.kubeconfig.display()),
+        format!("--nodes={}", args.nodes),
+        format!("--bridge={}", plan.bridge),
+        format!("--pod-cidr={}", plan.pod_cidr),
+        format!("--gateway={}", plan.gateway),
+        format!("--run-dir={}", agent_dir.display()),
+        format!("--apiserver-port={}", cp.apiserver_port),
+        format!("--ca-file={}", ca_file.display()),
+        format!("--netns-prefix={}", plan.netns_prefix.trim_end_matches('-')),
+    ];
+    for (repo, binary) in [
+        ("ghcr.io/graceful-dev/graceful-app", "graceful-app"),
+        (
+            "ghcr.io/graceful-dev/graceful-operator",
+            "graceful-operator",
+        ),
+    ] {
+        match sibling(binary) {
+            Some(path) => agent_args.push(format!("--image={repo}={}", path.display())),
+            None => tracing::warn!(binary, "not built: pods of {repo} will fail to pull"),
+        }
+    }
+    let log = run_dir.join("logs/node-agent.log");
+    children.start("node-agent", &agent, &agent_args, &log)?;
+    Ok(true)
+}
+
+fn start_proxy(
+    args: &UpArgs,
+    run_dir: &Path,
+    cp: &ControlPlane,
+    children: &Children,
+) -> Result<()> {
+    let Some(proxy) = sibling("svc-proxy") else {
+        tracing::warn!("svc-proxy is not built next to testbed: node ports are not served");
+        return Ok(());
+    };
+    let proxy_args = vec![
+        format!("--kubeconfig={}", cp.kubeconfig.display()),
+        format!("--propagation-delay-ms={}", args.propagation_delay_ms),
+    ];
+    children.start(
+        "svc-proxy",
+        &proxy,
+        &proxy_args,
+        &run_dir.join("logs/svc-proxy.log"),
+    )?;
+    Ok(())
+}
+
+async fn wait_for_ready_nodes(
+    kubeconfig: &Path,
+    wanted: u32,
+    children: &Children,
+    run_dir: &Path,
+) -> Result<()> {
+    let nodes: kube::Api<Node> = kube::Api::all(kubeconfig::client(kubeconfig).await?);
+    let deadline = Instant::now() + NODES_READY;
+    loop {
+        children.ensure_running()?;
+        let ready = nodes
+            .list(&Default::default())
+            .await
+            .map(|list| list.items.iter().filter(|node| is_ready(node)).count())
+            .unwrap_or(0);
+        if ready >= wanted as usize {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "{ready} of {wanted} nodes Ready after {} s; read {}",
+                NODES_READY.as_secs(),
+                run_dir.join("logs/node-agent.log").display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+fn is_ready(node: &Node) -> bool {
+    node.status
+        .as_ref()
+        .and_then(|status| status.conditions.as_ref())
+        .is_some_and(|conditions| {
+            conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True")
+        })
+}
+
+/// Resolves with the reason once the run should end.
+async fn shutdown_requested(watch_parent: Option<i32>) -> String {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term), Ok(mut hup)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    ) else {
+        return "cannot install signal handlers".into();
+    };
+    let parent_start = watch_parent.and_then(process::start_time);
+    let parent_gone = async {
+        let Some(pid) = watch_parent else {
+            return std::future::pending::<String>().await;
+        };
+        loop {
+            if !process::is_alive(pid) || process::start_time(pid) != parent_start {
+                return format!("watched parent {pid} is gone");
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    };
+    tokio::select! {
+        _ = int.recv() => "SIGINT".into(),
+        _ = term.recv() => "SIGTERM".into(),
+        _ = hup.recv() => "SIGHUP".into(),
+        reason = parent_gone => reason,
+    }
+}
