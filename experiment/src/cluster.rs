@@ -23,6 +23,8 @@ pub const CRD_NAME: &str = "gracefulservices.graceful.dev";
 pub struct Cluster {
     pub kubeconfig: PathBuf,
     pub client: kube::Client,
+    /// The testbed's run info, when the cluster is a testbed (gives its helm).
+    pub testbed: Option<testbed::Testbed>,
     supervisor: Option<Child>,
     operator_process: Option<Child>,
 }
@@ -40,6 +42,7 @@ impl Cluster {
     pub async fn connect(kubeconfig: PathBuf) -> anyhow::Result<Cluster> {
         let client = client_for(&kubeconfig).await?;
         Ok(Cluster {
+            testbed: testbed::Testbed::from_kubeconfig(&kubeconfig).ok(),
             kubeconfig,
             client,
             supervisor: None,
@@ -78,6 +81,7 @@ impl Cluster {
         let client = client_for(&kubeconfig).await?;
         eprintln!("==> testbed ready: KUBECONFIG={}", kubeconfig.display());
         Ok(Cluster {
+            testbed: Some(testbed::Testbed::from_kubeconfig(&kubeconfig)?),
             kubeconfig,
             client,
             supervisor: Some(child),
@@ -89,7 +93,7 @@ impl Cluster {
     /// available and the CRD to be established.
     pub async fn install_chart(
         &self,
-        helm: &Path,
+        helm: Option<&Path>,
         chart: &Path,
         image_tag: Option<&str>,
     ) -> anyhow::Result<()> {
@@ -98,7 +102,7 @@ impl Cluster {
             OPERATOR_RELEASE,
             chart.display()
         );
-        let mut cmd = Command::new(helm);
+        let mut cmd = Command::from(self.helm(helm));
         cmd.args(["upgrade", "--install", OPERATOR_RELEASE])
             .arg(chart)
             .args(["--namespace", OPERATOR_NAMESPACE, "--create-namespace"])
@@ -108,11 +112,9 @@ impl Cluster {
         }
         let status = cmd
             .args(["--wait", "--timeout", "180s"])
-            .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
             .status()
             .await
-            .with_context(|| format!("running {}", helm.display()))?;
+            .context("running helm")?;
         if !status.success() {
             bail!("helm install of {} failed ({status})", chart.display());
         }
@@ -130,6 +132,37 @@ impl Cluster {
         })
         .await;
         ready.context("the operator Deployment never became available")?;
+        Ok(())
+    }
+
+    /// A helm command for this cluster: the testbed's own (its config and cache in the run dir),
+    /// else `helm` (or the given binary) with our kubeconfig.
+    pub fn helm(&self, helm: Option<&Path>) -> std::process::Command {
+        match (&self.testbed, helm) {
+            (Some(tb), None) => tb.helm(),
+            (_, bin) => {
+                let mut cmd = std::process::Command::new(bin.unwrap_or(Path::new("helm")));
+                cmd.env("KUBECONFIG", &self.kubeconfig);
+                cmd
+            }
+        }
+    }
+
+    /// `helm uninstall` of the operator release (the CRD stays, as Helm leaves `crds/` alone).
+    pub async fn uninstall_chart(&self, helm: Option<&Path>) -> anyhow::Result<()> {
+        let status = Command::from(self.helm(helm))
+            .args([
+                "uninstall",
+                OPERATOR_RELEASE,
+                "--namespace",
+                OPERATOR_NAMESPACE,
+                "--wait",
+            ])
+            .status()
+            .await?;
+        if !status.success() {
+            bail!("helm uninstall failed ({status})");
+        }
         Ok(())
     }
 

@@ -78,7 +78,7 @@ struct Args {
     /// How the operator gets onto the cluster.
     #[arg(long, value_enum, default_value_t = OperatorInstall::Chart)]
     operator: OperatorInstall,
-    /// The helm binary (default: $TESTBED_BIN_DIR/helm, else helm on PATH).
+    /// The helm binary (default: the testbed's, else helm on PATH).
     #[arg(long)]
     helm: Option<PathBuf>,
     /// The operator chart.
@@ -139,13 +139,12 @@ async fn main() -> anyhow::Result<()> {
 async fn run(args: &Args, cluster: &mut Cluster, command: &str) -> anyhow::Result<Vec<RunReport>> {
     match args.operator {
         OperatorInstall::Chart => {
-            let helm = args.helm.clone().unwrap_or_else(|| {
-                std::env::var_os("TESTBED_BIN_DIR")
-                    .map(|d| PathBuf::from(d).join("helm"))
-                    .unwrap_or_else(|| PathBuf::from("helm"))
-            });
             cluster
-                .install_chart(&helm, &args.chart, args.operator_tag.as_deref())
+                .install_chart(
+                    args.helm.as_deref(),
+                    &args.chart,
+                    args.operator_tag.as_deref(),
+                )
                 .await
                 .context("installing the operator chart (try --operator host as a fallback)")?;
         }
