@@ -5,6 +5,7 @@
 //!
 //! Tests use [`shared`]; people use `cargo run -p testbed -- up`.
 
+pub mod agent;
 pub mod binaries;
 pub mod certs;
 pub mod controlplane;
@@ -12,6 +13,7 @@ pub mod fixture;
 pub mod kubeconfig;
 pub mod network;
 pub mod process;
+pub mod proxy;
 pub mod slot;
 pub mod supervisor;
 

@@ -366,6 +366,7 @@ impl Worker {
                     delay.as_secs(),
                     self.key.pod
                 );
+                slot.view.last_state = slot.last_terminated.clone();
                 slot.view.state = State::waiting("CrashLoopBackOff", Some(message.clone()));
                 self.ctx.event(&self.pod, true, "BackOff", "Start", message);
             }
