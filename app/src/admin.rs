@@ -1,6 +1,7 @@
 //! The admin listener: preStop hook, readiness, liveness and metrics.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 
 use http::header::{CONTENT_TYPE, HeaderValue};
 use http::{Method, Request, StatusCode};
@@ -11,7 +12,7 @@ use crate::state::Phase;
 
 /// Handles one request on the admin listener.
 pub async fn admin_handler<B>(
-    ctx: AppContext,
+    ctx: Arc<AppContext>,
     request: Request<B>,
 ) -> Result<HttpResponse, Infallible> {
     let method = request.method();

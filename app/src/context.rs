@@ -14,8 +14,8 @@ use crate::state::Lifecycle;
 /// The response type of both listeners: small, fully buffered bodies.
 pub type HttpResponse = Response<Full<Bytes>>;
 
-/// Shared, cheaply cloned handler context.
-#[derive(Clone)]
+/// Shared handler context. Handlers get it as `Arc<AppContext>`: one reference count per
+/// request instead of one per metric.
 pub struct AppContext {
     pub lifecycle: Lifecycle,
     pub metrics: Metrics,

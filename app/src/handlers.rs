@@ -1,6 +1,7 @@
 //! The main listener: `GET /` answers a small body after an artificial work time.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Method, Request, StatusCode};
@@ -9,7 +10,7 @@ use crate::context::{AppContext, HttpResponse};
 
 /// Handles one request on the main listener.
 pub async fn main_handler<B>(
-    ctx: AppContext,
+    ctx: Arc<AppContext>,
     request: Request<B>,
 ) -> Result<HttpResponse, Infallible> {
     let _in_flight = ctx.metrics.request_started();

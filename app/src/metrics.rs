@@ -87,11 +87,9 @@ impl Metrics {
     }
 
     /// Counts one main-listener request in flight until the guard drops (also on cancellation).
-    pub fn request_started(&self) -> InFlightGuard {
+    pub fn request_started(&self) -> InFlightGuard<'_> {
         self.in_flight.inc();
-        InFlightGuard {
-            metrics: self.clone(),
-        }
+        InFlightGuard { metrics: self }
     }
 
     /// Counts one open connection until the guard drops.
@@ -125,11 +123,11 @@ impl Metrics {
 }
 
 /// Decrements the in-flight gauge and counts the request as served when dropped.
-pub struct InFlightGuard {
-    metrics: Metrics,
+pub struct InFlightGuard<'a> {
+    metrics: &'a Metrics,
 }
 
-impl Drop for InFlightGuard {
+impl Drop for InFlightGuard<'_> {
     fn drop(&mut self) {
         self.metrics.in_flight.dec();
         self.metrics.requests.inc();

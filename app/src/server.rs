@@ -36,7 +36,7 @@ const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(20);
 pub async fn run(config: Config) -> Result<(), AppError> {
     let lifecycle = Lifecycle::new();
     let metrics = Metrics::new();
-    let ctx = AppContext::new(&config, lifecycle.clone(), metrics.clone());
+    let ctx = Arc::new(AppContext::new(&config, lifecycle.clone(), metrics.clone()));
     // Installed before binding: a SIGTERM that arrives while starting still drains cleanly.
     let mut signals = Signals::install()?;
 
@@ -162,7 +162,7 @@ async fn accept_loop(
     kind: ListenerKind,
     max_connections: u64,
     http: http1::Builder,
-    ctx: AppContext,
+    ctx: Arc<AppContext>,
 ) {
     let limit = Arc::new(Semaphore::new(
         usize::try_from(max_connections).unwrap_or(Semaphore::MAX_PERMITS),
@@ -229,7 +229,7 @@ fn serve(
     kind: ListenerKind,
     http: &http1::Builder,
     graceful: &GracefulShutdown,
-    ctx: &AppContext,
+    ctx: &Arc<AppContext>,
 ) {
     if let Err(error) = stream.set_nodelay(true) {
         debug!(%error, "could not set TCP_NODELAY");

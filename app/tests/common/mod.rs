@@ -31,6 +31,11 @@ impl App {
     /// Starts the app on 127.0.0.1 with ports picked by the kernel, plus `args`, and waits for
     /// its "listening" line.
     pub fn start(args: &[&str]) -> anyhow::Result<App> {
+        Self::start_with_log_level(args, "debug")
+    }
+
+    /// Like [`App::start`] with a given `RUST_LOG` (the benchmark runs at `warn`).
+    pub fn start_with_log_level(args: &[&str], level: &str) -> anyhow::Result<App> {
         let log = std::env::temp_dir().join(format!(
             "graceful-app-test-{}-{}.log",
             std::process::id(),
@@ -40,7 +45,7 @@ impl App {
         let mut child = Command::new(BIN)
             .args(["--bind", "127.0.0.1", "--port", "0", "--admin-port", "0"])
             .args(args)
-            .env("RUST_LOG", "debug")
+            .env("RUST_LOG", level)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log_file)
@@ -103,6 +108,12 @@ impl App {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// Blocks until the process exits, for precise timing. Only after a signal: the app's own
+    /// shutdown timeout bounds the wait.
+    pub fn wait_after_signal(&mut self) -> anyhow::Result<ExitStatus> {
+        Ok(self.child.wait()?)
     }
 
     /// The app's stderr so far.
