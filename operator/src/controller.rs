@@ -251,11 +251,13 @@ async fn apply_and_step(
         .await?;
         ctx.metrics.steps.inc();
         tracing::info!(gsvc = %owner.name, from = step.from, to = step.to, desired = spec.replicas, "scale-down step");
+        // The action names the step so every step is its own Event rather than a count on one.
         publish(
             ctx,
             gsvc,
             EventType::Normal,
             "ScaleDownStep",
+            &format!("ScaleDown{}To{}", step.from, step.to),
             format!(
                 "Deployment replicas {} -> {} (target {})",
                 step.from, step.to, spec.replicas
@@ -267,7 +269,15 @@ async fn apply_and_step(
     if let Some(message) = &decision.degraded
         && !was_degraded
     {
-        publish(ctx, gsvc, EventType::Warning, "Degraded", message.clone()).await;
+        publish(
+            ctx,
+            gsvc,
+            EventType::Warning,
+            "Degraded",
+            "Reconcile",
+            message.clone(),
+        )
+        .await;
     }
     let new_status = status::from_decision(
         &owner.name,
@@ -304,6 +314,7 @@ async fn refuse(
             gsvc,
             EventType::Warning,
             "InvalidSpec",
+            "Reconcile",
             problems.to_string(),
         )
         .await;
@@ -362,13 +373,14 @@ async fn publish(
     gsvc: &GracefulService,
     type_: EventType,
     reason: &str,
+    action: &str,
     note: String,
 ) {
     let event = Event {
         type_,
         reason: reason.to_string(),
         note: Some(note),
-        action: "Reconcile".to_string(),
+        action: action.to_string(),
         secondary: None,
     };
     // An event that cannot be written must not fail the reconcile: status carries the same facts.
