@@ -36,6 +36,8 @@ pub struct Entry {
     pub pid: Option<i32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
+    /// Free text: the pod's netns name for `started` and `pod_deleted`, the hook's outcome for
+    /// `prestop_done`, the reason for `sigkill_sent`, the signal for `exited`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
 }

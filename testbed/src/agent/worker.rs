@@ -289,9 +289,14 @@ impl Worker {
         });
         slot.spawn_probes(i, self.net.ip, &self.tx);
         let name = slot.spec.name.clone();
-        self.ctx
-            .journal
-            .record(&self.key, Some(&name), Step::Started, Some(pid), None, None);
+        self.ctx.journal.record(
+            &self.key,
+            Some(&name),
+            Step::Started,
+            Some(pid),
+            None,
+            Some(self.net.netns.clone()),
+        );
         self.ctx.event(
             &self.pod,
             false,
@@ -534,11 +539,14 @@ impl Worker {
                 ..DeleteParams::default()
             };
             match pods.delete(&self.key.pod, &params).await {
-                Ok(_) => {
-                    self.ctx
-                        .journal
-                        .record(&self.key, None, Step::PodDeleted, None, None, None)
-                }
+                Ok(_) => self.ctx.journal.record(
+                    &self.key,
+                    None,
+                    Step::PodDeleted,
+                    None,
+                    None,
+                    Some(self.net.netns.clone()),
+                ),
                 Err(e) => tracing::warn!(error = %e, pod = %self.key.pod, "pod delete failed"),
             }
         }

@@ -1,0 +1,811 @@
+//! The node agent and the service proxy against the live control plane: pods really run, serve
+//! through the node port, scale, get their preStop hook before SIGTERM and SIGKILL after the
+//! grace period, leave the EndpointSlice when readiness fails; and a naive rolling update under
+//! load really loses requests (the failure this project exists to remove).
+//!
+//! Needs the workspace binaries: `cargo build --workspace --bins` first.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use serde_json::{Value, json};
+use testbed::agent::journal::{self, Entry, Step};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const APP_IMAGE: &str = "ghcr.io/graceful-dev/graceful-app";
+const MANAGER: &str = "e2e-testbed";
+
+/// Deletes the test namespace when the test ends, also on panic (the testbed itself goes away
+/// with the test binary; this keeps a shared testbed tidy).
+struct NamespaceGuard {
+    name: String,
+    kubeconfig: std::path::PathBuf,
+}
+
+impl Drop for NamespaceGuard {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kubectl")
+            .env("KUBECONFIG", &self.kubeconfig)
+            .args(["delete", "namespace", &self.name, "--wait=false"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
+async fn namespace(client: &kube::Client, prefix: &str) -> Result<NamespaceGuard> {
+    let tb = testbed::shared()?;
+    let name = tb.create_namespace(client, prefix).await?;
+    Ok(NamespaceGuard {
+        name,
+        kubeconfig: tb.kubeconfig().to_path_buf(),
+    })
+}
+
+/// How a test wants its app pods.
+#[derive(Clone)]
+struct AppPods {
+    replicas: i32,
+    tag: &'static str,
+    readiness: bool,
+    prestop: bool,
+    grace_seconds: i64,
+    env: Vec<(&'static str, &'static str)>,
+}
+
+impl Default for AppPods {
+    fn default() -> Self {
+        AppPods {
+            replicas: 2,
+            tag: "v1",
+            readiness: true,
+            prestop: false,
+            grace_seconds: 30,
+            env: vec![],
+        }
+    }
+}
+
+fn pod_spec(app: &str, opts: &AppPods) -> Value {
+    let mut env: Vec<Value> = vec![
+        json!({"name": "GRACEFUL_PORT", "value": "8080"}),
+        json!({"name": "GRACEFUL_ADMIN_PORT", "value": "9090"}),
+    ];
+    env.extend(opts.env.iter().map(|(k, v)| json!({"name": k, "value": v})));
+    let mut container = json!({
+        "name": "app",
+        "image": format!("{APP_IMAGE}:{}", opts.tag),
+        "env": env,
+        "ports": [
+            {"name": "http", "containerPort": 8080},
+            {"name": "admin", "containerPort": 9090}
+        ]
+    });
+    if opts.readiness {
+        container["readinessProbe"] = json!({
+            "httpGet": {"path": "/readyz", "port": "admin"},
+            "periodSeconds": 1, "failureThreshold": 1
+        });
+    }
+    if opts.prestop {
+        container["lifecycle"] =
+            json!({"preStop": {"httpGet": {"path": "/prestop", "port": "admin"}}});
+    }
+    json!({
+        "metadata": {"labels": {"app": app}},
+        "spec": {
+            "terminationGracePeriodSeconds": opts.grace_seconds,
+            "containers": [container]
+        }
+    })
+}
+
+async fn apply<K>(api: &Api<K>, name: &str, object: Value) -> Result<K>
+where
+    K: kube::Resource + Clone + k8s_openapi::serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let pp = PatchParams::apply(MANAGER).force();
+    Ok(api.patch(name, &pp, &Patch::Apply(object)).await?)
+}
+
+async fn apply_deployment(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    opts: &AppPods,
+) -> Result<()> {
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    let object = json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": opts.replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "strategy": {"type": "RollingUpdate",
+                         "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+            "template": pod_spec(name, opts)
+        }
+    });
+    apply(&deployments, name, object).await?;
+    Ok(())
+}
+
+/// A NodePort Service for the app; returns the node port the API allocated.
+async fn apply_node_port_service(client: &kube::Client, ns: &str, name: &str) -> Result<u16> {
+    let services: Api<Service> = Api::namespaced(client.clone(), ns);
+    let object = json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": name},
+        "spec": {
+            "type": "NodePort",
+            "selector": {"app": name},
+            "ports": [{"name": "http", "port": 80, "targetPort": "http"}]
+        }
+    });
+    let svc = apply(&services, name, object).await?;
+    let port = svc
+        .spec
+        .and_then(|s| s.ports)
+        .and_then(|p| p.first().and_then(|p| p.node_port))
+        .context("no node port allocated")?;
+    Ok(u16::try_from(port)?)
+}
+
+/// Polls `check` every 200 ms until it yields a value or `limit` passes.
+async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut last_error = None;
+    loop {
+        match check().await {
+            Ok(Some(value)) => return Ok(value),
+            Ok(None) => {}
+            Err(e) => last_error = Some(e),
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("timed out after {limit:?} waiting for {what} (last error: {last_error:?})");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn is_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// Waits until exactly `count` pods with label app=<name> exist, none terminating, all Ready.
+async fn ready_pods(client: &kube::Client, ns: &str, name: &str, count: usize) -> Result<Vec<Pod>> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let lp = ListParams::default().labels(&format!("app={name}"));
+    eventually(
+        &format!("{count} ready pods of {name}"),
+        Duration::from_secs(60),
+        || {
+            let pods = pods.clone();
+            let lp = lp.clone();
+            async move {
+                let list = pods.list(&lp).await?.items;
+                let done = list.len() == count
+                    && list
+                        .iter()
+                        .all(|p| is_ready(p) && p.metadata.deletion_timestamp.is_none());
+                Ok(done.then_some(list))
+            }
+        },
+    )
+    .await
+}
+
+/// One GET on a fresh connection; returns status and body.
+async fn get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
+    tokio::time::timeout(Duration::from_secs(5), async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await?;
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).await?;
+        let text = String::from_utf8_lossy(&raw).to_string();
+        let status = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .context("no status line")?;
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        Ok((status, body))
+    })
+    .await
+    .context("GET timed out")?
+}
+
+fn node_port(port: u16) -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::LOCALHOST, port))
+}
+
+fn pod_name(pod: &Pod) -> String {
+    pod.metadata.name.clone().unwrap_or_default()
+}
+
+fn pod_ip(pod: &Pod) -> Result<Ipv4Addr> {
+    Ok(pod
+        .status
+        .as_ref()
+        .and_then(|s| s.pod_ip.as_deref())
+        .context("pod has no IP")?
+        .parse()?)
+}
+
+fn journal_of(pod: &str) -> Result<Vec<Entry>> {
+    let path = testbed::shared()?
+        .run_dir()
+        .join("agent/agent-events.jsonl");
+    Ok(journal::read(&path)?
+        .into_iter()
+        .filter(|e| e.pod == pod)
+        .collect())
+}
+
+fn step(entries: &[Entry], step: Step) -> Option<&Entry> {
+    entries.iter().find(|e| e.step == step)
+}
+
+fn process_alive(pid: i32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+        && std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| !s.contains(") Z "))
+            .unwrap_or(false)
+}
+
+fn netns_exists(name: &str) -> bool {
+    Path::new("/run/netns").join(name).exists()
+}
+
+/// The pids of the running app processes of these pods (from the agent's journal).
+fn live_pids(pods: &[Pod]) -> Result<Vec<i32>> {
+    let mut pids = Vec::new();
+    for pod in pods {
+        let entries = journal_of(&pod_name(pod))?;
+        let started = entries
+            .iter()
+            .rev()
+            .find(|e| e.step == Step::Started)
+            .with_context(|| format!("no start of {} in the journal", pod_name(pod)))?;
+        let pid = started.pid.context("start without pid")?;
+        ensure!(
+            process_alive(pid),
+            "process {pid} of {} is not running",
+            pod_name(pod)
+        );
+        pids.push(pid);
+    }
+    Ok(pids)
+}
+
+async fn scale(client: &kube::Client, ns: &str, name: &str, replicas: i32) -> Result<()> {
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    let patch = Patch::Merge(json!({"spec": {"replicas": replicas}}));
+    deployments
+        .patch(name, &PatchParams::default(), &patch)
+        .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn deployment_serves_through_node_port_and_scales() -> Result<()> {
+    let tb = testbed::shared()?;
+    let client = tb.client().await?;
+    let ns = namespace(&client, "tb-serve").await?;
+    let ns = ns.name.as_str();
+    apply_deployment(&client, ns, "web", &AppPods::default()).await?;
+    let port = apply_node_port_service(&client, ns, "web").await?;
+    let pods = ready_pods(&client, ns, "web", 2).await?;
+
+    // The kubelet contract: addresses and container status are true.
+    for pod in &pods {
+        let status = pod.status.as_ref().context("no status")?;
+        assert_eq!(status.phase.as_deref(), Some("Running"));
+        assert_eq!(
+            status.host_ip.as_deref(),
+            Some(tb.gateway().to_string().as_str())
+        );
+        let cs = &status
+            .container_statuses
+            .as_ref()
+            .context("no container statuses")?[0];
+        assert!(
+            cs.ready
+                && cs.restart_count == 0
+                && cs.state.as_ref().is_some_and(|s| s.running.is_some())
+        );
+        assert_eq!(cs.image, format!("{APP_IMAGE}:v1"));
+        assert!(!cs.image_id.is_empty());
+    }
+    let pids = live_pids(&pods)?;
+    assert_eq!(pids.len(), 2);
+
+    // Both pods answer through the node port (one endpoint per connection, round-robin).
+    let names: Vec<String> = pods.iter().map(pod_name).collect();
+    let seen = eventually(
+        "both pods answering through the node port",
+        Duration::from_secs(20),
+        || {
+            let names = names.clone();
+            async move {
+                let mut seen = std::collections::BTreeSet::new();
+                for _ in 0..10 {
+                    let (status, body) = get(node_port(port), "/").await?;
+                    ensure!(status == 200, "status {status}");
+                    if let Some(n) = names.iter().find(|n| body.contains(n.as_str())) {
+                        seen.insert(n.clone());
+                    }
+                }
+                Ok((seen.len() == 2).then_some(seen))
+            }
+        },
+    )
+    .await?;
+    assert_eq!(seen.len(), 2);
+
+    // Scale up: a third process starts.
+    scale(&client, ns, "web", 3).await?;
+    let pods3 = ready_pods(&client, ns, "web", 3).await?;
+    let pids3 = live_pids(&pods3)?;
+    assert_eq!(pids3.len(), 3);
+    for pid in &pids {
+        assert!(pids3.contains(pid), "an existing process was restarted");
+    }
+
+    // Scale down: two processes stop and their network namespaces go away.
+    scale(&client, ns, "web", 1).await?;
+    let pods1 = ready_pods(&client, ns, "web", 1).await?;
+    let kept = pod_name(&pods1[0]);
+    for pod in pods3.iter().filter(|p| pod_name(p) != kept) {
+        let name = pod_name(pod);
+        let entries = eventually(
+            &format!("{name} removed by the agent"),
+            Duration::from_secs(40),
+            || {
+                let name = name.clone();
+                async move {
+                    let entries = journal_of(&name)?;
+                    Ok(step(&entries, Step::PodDeleted)
+                        .is_some()
+                        .then_some(entries))
+                }
+            },
+        )
+        .await?;
+        let started = step(&entries, Step::Started).context("no start")?;
+        let pid = started.pid.context("no pid")?;
+        assert!(!process_alive(pid), "process {pid} of {name} still runs");
+        assert!(
+            step(&entries, Step::SigtermSent).is_some(),
+            "{name} got no SIGTERM"
+        );
+        let netns = started.detail.clone().context("no netns in the journal")?;
+        assert!(!netns_exists(&netns), "netns {netns} of {name} left behind");
+    }
+    Ok(())
+}
+
+/// preStop before SIGTERM; SIGKILL when the grace period (counted from the deletion, preStop
+/// included) runs out, because an in-flight request keeps the app draining longer than that.
+#[tokio::test]
+async fn prestop_precedes_sigterm_and_sigkill_ends_the_grace_period() -> Result<()> {
+    let tb = testbed::shared()?;
+    let client = tb.client().await?;
+    let ns = namespace(&client, "tb-prestop").await?;
+    let ns = ns.name.as_str();
+    let opts = AppPods {
+        replicas: 1,
+        prestop: true,
+        grace_seconds: 4,
+        env: vec![
+            ("GRACEFUL_DRAIN_DELAY_MS", "1000"),
+            ("GRACEFUL_SHUTDOWN_TIMEOUT_MS", "60000"),
+        ],
+        ..AppPods::default()
+    };
+    apply_deployment(&client, ns, "slow", &opts).await?;
+    let pod = ready_pods(&client, ns, "slow", 1).await?.remove(0);
+    let name = pod_name(&pod);
+    let ip = pod_ip(&pod)?;
+
+    // A request that outlives the grace period keeps the drain going.
+    let long = tokio::spawn(get(SocketAddr::from((ip, 8080)), "/?work_ms=20000"));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    pods.delete(&name, &DeleteParams::default()).await?;
+
+    let entries = eventually("the pod to be removed", Duration::from_secs(30), || {
+        let name = name.clone();
+        async move {
+            let entries = journal_of(&name)?;
+            Ok(step(&entries, Step::PodDeleted)
+                .is_some()
+                .then_some(entries))
+        }
+    })
+    .await?;
+    let at = |s: Step| {
+        step(&entries, s)
+            .map(|e| e.ts_ms)
+            .with_context(|| format!("no {s:?} in {entries:?}"))
+    };
+    let (prestop, prestop_done, sigterm, sigkill, exited) = (
+        at(Step::PrestopSent)?,
+        at(Step::PrestopDone)?,
+        at(Step::SigtermSent)?,
+        at(Step::SigkillSent)?,
+        at(Step::Exited)?,
+    );
+    assert!(
+        prestop <= prestop_done
+            && prestop_done <= sigterm
+            && sigterm < sigkill
+            && sigkill <= exited,
+        "{entries:?}"
+    );
+    // /prestop holds for the drain delay (1 s) before the kubelet may send SIGTERM.
+    assert!(
+        sigterm - prestop >= 900,
+        "SIGTERM only {} ms after preStop",
+        sigterm - prestop
+    );
+    // SIGKILL when the 4 s grace period counted from the deletion runs out.
+    let grace_used = sigkill - prestop;
+    assert!(
+        (3800..=5000).contains(&grace_used),
+        "SIGKILL {grace_used} ms after the deletion"
+    );
+    let exit = step(&entries, Step::Exited).and_then(|e| e.exit_code);
+    assert_eq!(exit, Some(137), "killed by SIGKILL");
+    assert!(
+        pods.get_opt(&name).await?.is_none(),
+        "pod object left behind"
+    );
+    long.abort();
+    Ok(())
+}
+
+/// A preStop `sleep` as long as the grace period (the API forbids longer ones) uses it up; SIGTERM
+/// then still gets the kubelet's 2 extra seconds before SIGKILL.
+#[tokio::test]
+async fn prestop_sleep_uses_up_the_grace_period() -> Result<()> {
+    let tb = testbed::shared()?;
+    let client = tb.client().await?;
+    let ns = namespace(&client, "tb-sleep").await?;
+    let ns = ns.name.as_str();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let mut spec = pod_spec(
+        "sleepy",
+        &AppPods {
+            grace_seconds: 2,
+            ..AppPods::default()
+        },
+    );
+    spec["spec"]["containers"][0]["lifecycle"] = json!({"preStop": {"sleep": {"seconds": 2}}});
+    let mut object = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "sleepy", "labels": {"app": "sleepy"}}});
+    object["spec"] = spec["spec"].clone();
+    apply(&pods, "sleepy", object).await?;
+    ready_pods(&client, ns, "sleepy", 1).await?;
+    pods.delete("sleepy", &DeleteParams::default()).await?;
+    let entries = eventually("the pod to be removed", Duration::from_secs(30), || async {
+        let entries = journal_of("sleepy")?;
+        Ok(step(&entries, Step::PodDeleted)
+            .is_some()
+            .then_some(entries))
+    })
+    .await?;
+    let prestop = step(&entries, Step::PrestopSent)
+        .context("no preStop")?
+        .ts_ms;
+    let sigterm = step(&entries, Step::SigtermSent)
+        .context("no SIGTERM")?
+        .ts_ms;
+    assert!(
+        (1800..=3000).contains(&(sigterm - prestop)),
+        "SIGTERM {} ms after preStop",
+        sigterm - prestop
+    );
+    let exited = step(&entries, Step::Exited).context("no exit")?;
+    assert_eq!(
+        exited.exit_code,
+        Some(0),
+        "the app drains within the 2 s extra grace: {entries:?}"
+    );
+    Ok(())
+}
+
+/// Failing readiness (the app's /prestop flips it) takes the pod out of the EndpointSlice and,
+/// once the proxy caught up, out of the rotation for new connections.
+#[tokio::test]
+async fn unready_pod_leaves_endpoint_slice_and_gets_no_new_connections() -> Result<()> {
+    let tb = testbed::shared()?;
+    let client = tb.client().await?;
+    let ns = namespace(&client, "tb-unready").await?;
+    let ns = ns.name.as_str();
+    let opts = AppPods {
+        env: vec![("GRACEFUL_DRAIN_DELAY_MS", "500")],
+        ..AppPods::default()
+    };
+    apply_deployment(&client, ns, "web", &opts).await?;
+    let port = apply_node_port_service(&client, ns, "web").await?;
+    let pods = ready_pods(&client, ns, "web", 2).await?;
+    let (drained, other) = (&pods[0], &pods[1]);
+    let drained_ip = pod_ip(drained)?;
+
+    let (status, _) = get(SocketAddr::from((drained_ip, 9090)), "/prestop").await?;
+    assert_eq!(status, 200);
+
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), ns);
+    let lp = ListParams::default().labels("kubernetes.io/service-name=web");
+    eventually(
+        "the drained pod to be not ready in the EndpointSlice",
+        Duration::from_secs(20),
+        || {
+            let slices = slices.clone();
+            let lp = lp.clone();
+            let ip = drained_ip.to_string();
+            async move {
+                let endpoints: Vec<_> = slices
+                    .list(&lp)
+                    .await?
+                    .items
+                    .into_iter()
+                    .flat_map(|s| s.endpoints)
+                    .collect();
+                let unready = endpoints.iter().any(|e| {
+                    e.addresses.contains(&ip)
+                        && e.conditions.as_ref().and_then(|c| c.ready) == Some(false)
+                });
+                Ok(unready.then_some(()))
+            }
+        },
+    )
+    .await?;
+    let pod_api: Api<Pod> = Api::namespaced(client.clone(), ns);
+    assert!(
+        !is_ready(&pod_api.get(&pod_name(drained)).await?),
+        "pod still Ready"
+    );
+    // Let the proxy's propagation delay pass, then every new connection goes to the other pod.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for _ in 0..20 {
+        let (status, body) = get(node_port(port), "/").await?;
+        assert_eq!(status, 200);
+        assert!(
+            body.contains(&pod_name(other)),
+            "answered by {body:?}, not by {}",
+            pod_name(other)
+        );
+    }
+    Ok(())
+}
+
+/// An image the agent cannot map leaves the container waiting with the kubelet's reason and a
+/// message naming the image; a failing liveness probe restarts the container.
+#[tokio::test]
+async fn unmapped_image_waits_and_failing_liveness_restarts() -> Result<()> {
+    let tb = testbed::shared()?;
+    let client = tb.client().await?;
+    let ns = namespace(&client, "tb-kubelet").await?;
+    let ns = ns.name.as_str();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    apply(
+        &pods,
+        "nope",
+        json!({
+            "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "nope"},
+            "spec": {"containers": [{"name": "web", "image": "registry.example/nginx:1.27"}]}
+        }),
+    )
+    .await?;
+    let mut spec = pod_spec("unlive", &AppPods::default());
+    spec["spec"]["containers"][0]["livenessProbe"] =
+        json!({"tcpSocket": {"port": 9999}, "periodSeconds": 1, "failureThreshold": 2});
+    spec["spec"]["terminationGracePeriodSeconds"] = json!(2);
+    let mut object = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "unlive"}});
+    object["spec"] = spec["spec"].clone();
+    apply(&pods, "unlive", object).await?;
+
+    let waiting = eventually("ErrImagePull", Duration::from_secs(30), || {
+        let pods = pods.clone();
+        async move {
+            let pod = pods.get("nope").await?;
+            let waiting = pod
+                .status
+                .and_then(|s| s.container_statuses)
+                .and_then(|c| c.into_iter().next())
+                .and_then(|c| c.state)
+                .and_then(|s| s.waiting);
+            Ok(waiting)
+        }
+    })
+    .await?;
+    let reason = waiting.reason.unwrap_or_default();
+    assert!(
+        reason == "ErrImagePull" || reason == "ImagePullBackOff",
+        "{reason}"
+    );
+    assert!(
+        waiting
+            .message
+            .unwrap_or_default()
+            .contains("registry.example/nginx:1.27")
+    );
+
+    let restarts = eventually("a liveness restart", Duration::from_secs(40), || {
+        let pods = pods.clone();
+        async move {
+            let pod = pods.get("unlive").await?;
+            let count = pod
+                .status
+                .and_then(|s| s.container_statuses)
+                .and_then(|c| c.into_iter().next())
+                .map(|c| c.restart_count)
+                .unwrap_or(0);
+            Ok((count >= 1).then_some(count))
+        }
+    })
+    .await?;
+    assert!(restarts >= 1);
+    Ok(())
+}
+
+/// The pod's process sees its own service-account token where in-cluster clients look, and the
+/// API authenticates it as that service account (so RBAC applies to it).
+#[tokio::test]
+async fn pod_gets_its_service_account_token() -> Result<()> {
+    let tb = testbed::shared()?;
+    let client = tb.client().await?;
+    let ns = namespace(&client, "tb-token").await?;
+    let ns = ns.name.as_str();
+    apply_deployment(
+        &client,
+        ns,
+        "web",
+        &AppPods {
+            replicas: 1,
+            ..AppPods::default()
+        },
+    )
+    .await?;
+    let pod = ready_pods(&client, ns, "web", 1).await?.remove(0);
+    let pid = live_pids(std::slice::from_ref(&pod))?[0];
+    let read = |file: &str| -> Result<String> {
+        let out = std::process::Command::new("nsenter")
+            .args(["-t", &pid.to_string(), "-m", "cat"])
+            .arg(format!(
+                "/var/run/secrets/kubernetes.io/serviceaccount/{file}"
+            ))
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8(out.stdout)?)
+    };
+    assert_eq!(read("namespace")?, ns);
+    assert!(read("ca.crt")?.contains("BEGIN CERTIFICATE"));
+    let token = read("token")?;
+    let environ = std::fs::read(format!("/proc/{pid}/environ"))?;
+    let environ = String::from_utf8_lossy(&environ);
+    assert!(environ.contains(&format!("KUBERNETES_SERVICE_HOST={}", tb.gateway())));
+
+    // The token authenticates as system:serviceaccount:<ns>:default, which may not list pods.
+    let kubeconfig: kube::config::Kubeconfig = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Config", "current-context": "pod",
+        "clusters": [{"name": "tb", "cluster": {
+            "server": tb.info().server, "certificate-authority": tb.info().ca_file}}],
+        "users": [{"name": "pod", "user": {"token": token}}],
+        "contexts": [{"name": "pod", "context": {"cluster": "tb", "user": "pod"}}]
+    }))?;
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
+    let as_pod = kube::Client::try_from(config)?;
+    let err = Api::<Pod>::namespaced(as_pod, ns)
+        .list(&ListParams::default())
+        .await
+        .expect_err("the default service account may not list pods");
+    let text = err.to_string();
+    assert!(
+        text.contains(&format!("system:serviceaccount:{ns}:default")),
+        "{text}"
+    );
+    Ok(())
+}
+
+/// The failure this project exists to remove, shown for real: a plain Deployment without preStop
+/// hook or readiness probe, rolled to a new tag under load through the proxy, loses requests,
+/// because SIGTERM closes the listener while the proxy (1 s behind) still sends it connections.
+#[tokio::test]
+async fn naive_rolling_update_under_load_loses_requests() -> Result<()> {
+    let tb = testbed::shared()?;
+    let client = tb.client().await?;
+    let ns = namespace(&client, "tb-naive").await?;
+    let ns = ns.name.as_str();
+    let naive = AppPods {
+        replicas: 3,
+        readiness: false,
+        prestop: false,
+        grace_seconds: 30,
+        env: vec![("GRACEFUL_SHUTDOWN_TIMEOUT_MS", "5000")],
+        ..AppPods::default()
+    };
+    apply_deployment(&client, ns, "naive", &naive).await?;
+    let port = apply_node_port_service(&client, ns, "naive").await?;
+    ready_pods(&client, ns, "naive", 3).await?;
+    eventually(
+        "the node port to answer",
+        Duration::from_secs(20),
+        || async { Ok((get(node_port(port), "/").await?.0 == 200).then_some(())) },
+    )
+    .await?;
+
+    let spec = loadgen::LoadSpec::new(node_port(port), "/?work_ms=20")
+        .concurrency(8)
+        .max_requests(200_000)
+        .duration(Duration::from_secs(30))
+        .mode(loadgen::ConnectionMode::Close)
+        .request_timeout(Duration::from_secs(5));
+    let control = loadgen::Control::new();
+    let load = tokio::spawn(loadgen::run(spec, control.clone()));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    apply_deployment(
+        &client,
+        ns,
+        "naive",
+        &AppPods {
+            tag: "v2",
+            ..naive.clone()
+        },
+    )
+    .await?;
+
+    // The rollout completes: three ready pods, all on the new tag.
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    eventually("the rollout to complete", Duration::from_secs(90), || {
+        let deployments = deployments.clone();
+        async move {
+            let d = deployments.get("naive").await?;
+            let s = d.status.unwrap_or_default();
+            let done = s.updated_replicas == Some(3)
+                && s.available_replicas == Some(3)
+                && s.replicas == Some(3)
+                && s.observed_generation == d.metadata.generation;
+            Ok(done.then_some(()))
+        }
+    })
+    .await?;
+    // Old pods are gone once the rollout is done; a little more load, then stop.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    control.stop();
+    let report = load.await??;
+    println!("naive rollout under load: {report}");
+    let errors = report.errors();
+    assert!(
+        report.count() > 100,
+        "too little load to judge: {} requests",
+        report.count()
+    );
+    assert!(
+        errors > 0,
+        "a naive rollout lost no request: {report} (the testbed no longer reproduces the race)"
+    );
+    Ok(())
+}
