@@ -256,6 +256,9 @@ async fn twenty_to_one_walks_every_step_after_the_previous_settled() -> Result<(
     let rec = rec.lock().unwrap().clone();
     let sequence: Vec<i32> = rec.replicas.iter().map(|r| r.1).collect();
     eprintln!("recorded Deployment replicas: {sequence:?}");
+    for (at, what) in &rec.timeline {
+        eprintln!("  {at:7.2}s  {what}");
+    }
     check_walk(&rec, 20, 1)?;
     assert_eq!(
         operator
@@ -345,6 +348,51 @@ async fn drift_on_the_deployment_is_undone() -> Result<()> {
 }
 
 #[tokio::test]
+async fn two_replicas_with_leader_election_fail_over() -> Result<()> {
+    use k8s_openapi::api::coordination::v1::Lease;
+    let s = setup("op-leader").await?;
+    let args = ["--leader-election", "on", "--lease-namespace", &s.ns];
+    let mut operators = vec![Operator::start_with(s.tb, &s.ns, &args)?];
+    let leases: Api<Lease> = Api::namespaced(s.client.clone(), &s.ns);
+    let holder = || async {
+        let lease = leases.get_opt("graceful-operator").await?;
+        Ok(lease
+            .and_then(|l| l.spec)
+            .and_then(|s| s.holder_identity)
+            .filter(|h| !h.is_empty()))
+    };
+    let first_holder = eventually(Duration::from_secs(30), "lease held", holder).await?;
+    operators.push(Operator::start_with(s.tb, &s.ns, &args)?);
+    create_gsvc(&s.client, &s.ns, "web", quick_spec(1)).await?;
+    wait_stable(&s.client, &s.ns, "web", 1).await?;
+    let leader = operators
+        .iter()
+        .position(|o| first_holder.ends_with(&format!("-{}", o.pid())))
+        .context("lease holder is neither operator")?;
+    assert_eq!(leader, 0, "the first operator holds the lease");
+    // The standby replica has reconciled nothing so far.
+    assert_eq!(
+        operators[1]
+            .metric("graceful_operator_reconciles_total")
+            .await?,
+        0.0
+    );
+    operators[0].kill();
+    let gsvcs: Api<GracefulService> = Api::namespaced(s.client.clone(), &s.ns);
+    let patch = serde_json::json!({"spec": {"replicas": 2}});
+    gsvcs
+        .patch("web", &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    wait_stable(&s.client, &s.ns, "web", 2).await?;
+    let new_holder = eventually(Duration::from_secs(5), "lease held", holder).await?;
+    assert!(
+        new_holder.ends_with(&format!("-{}", operators[1].pid())),
+        "{new_holder}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
 async fn invalid_specs_are_refused_by_the_api_server() -> Result<()> {
     let s = setup("op-invalid").await?;
     invalid::refused_by_schema(&s.client, &s.ns).await
@@ -408,4 +456,27 @@ async fn spec_the_schema_cannot_check_is_reported_without_hot_loop() -> Result<(
         .patch("web", &PatchParams::default(), &Patch::Merge(&fix))
         .await?;
     wait_stable(&s.client, &s.ns, "web", 1).await
+}
+
+/// The walk checker itself must reject a skipped step and a step taken before the previous pod
+/// was gone; otherwise the walk tests above could not fail.
+#[test]
+fn walk_checker_rejects_skips_and_early_steps() {
+    let good = Recording {
+        replicas: vec![(10, 3), (11, 2), (14, 1)],
+        terminating: vec![(12, "a".into()), (15, "b".into())],
+        deleted: vec![(13, "a".into()), (16, "b".into())],
+        timeline: Vec::new(),
+    };
+    assert!(check_walk(&good, 3, 1).is_ok());
+    let mut early = good.clone();
+    early.replicas[2].0 = 12; // step 2 -> 1 before pod a was deleted (rev 13)
+    early.terminating[1].0 = 12;
+    assert!(check_walk(&early, 3, 1).is_err());
+    let mut skipped = good.clone();
+    skipped.replicas = vec![(10, 3), (11, 1)];
+    assert!(check_walk(&skipped, 3, 1).is_err());
+    let mut repeated = good;
+    repeated.replicas = vec![(10, 3), (11, 2), (12, 3), (14, 2), (15, 1)];
+    assert!(check_walk(&repeated, 3, 1).is_err());
 }

@@ -32,6 +32,15 @@ fn free_port() -> Result<u16> {
 
 impl Operator {
     pub fn start(tb: &Testbed, namespace: &str) -> Result<Self> {
+        Self::start_with(tb, namespace, &[])
+    }
+
+    /// Process id, which is part of the leader-election identity (`<hostname>-<pid>`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn start_with(tb: &Testbed, namespace: &str, extra: &[&str]) -> Result<Self> {
         let metrics_port = free_port()?;
         let health_port = free_port()?;
         let log = tb
@@ -42,6 +51,7 @@ impl Operator {
             .args(["--namespace", namespace, "--log-format", "text"])
             .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
             .args(["--health-addr", &format!("127.0.0.1:{health_port}")])
+            .args(extra)
             .env("KUBECONFIG", tb.kubeconfig())
             .env("RUST_LOG", "info,graceful_operator=debug")
             .stdin(Stdio::null())
@@ -225,6 +235,8 @@ pub struct Recording {
     pub terminating: Vec<(u64, String)>,
     /// (revision, pod) when a pod was removed from the API.
     pub deleted: Vec<(u64, String)>,
+    /// Human-readable timeline: seconds since the recording started, what happened.
+    pub timeline: Vec<(f64, String)>,
 }
 
 /// Watches the Deployment and its pods from now on; `synced` resolves once both watches listed.
@@ -234,6 +246,7 @@ pub async fn record(
     name: &str,
 ) -> Result<(Arc<Mutex<Recording>>, Vec<tokio::task::JoinHandle<()>>)> {
     let rec = Arc::new(Mutex::new(Recording::default()));
+    let started = std::time::Instant::now();
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(2);
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
@@ -258,6 +271,9 @@ pub async fn record(
                 && (initial || !rec.replicas.is_empty())
             {
                 rec.replicas.push((revision(&d.metadata), replicas));
+                let at = started.elapsed().as_secs_f64();
+                rec.timeline
+                    .push((at, format!("Deployment replicas {replicas}")));
             }
         }
     });
@@ -274,12 +290,17 @@ pub async fn record(
                     let pod = p.metadata.name.clone().unwrap_or_default();
                     let mut rec = r.lock().unwrap();
                     if !rec.terminating.iter().any(|(_, n)| *n == pod) {
+                        let at = started.elapsed().as_secs_f64();
+                        rec.timeline.push((at, format!("pod {pod} terminating")));
                         rec.terminating.push((revision(&p.metadata), pod));
                     }
                 }
                 Event::Delete(p) => {
                     let pod = p.metadata.name.clone().unwrap_or_default();
-                    r.lock().unwrap().deleted.push((revision(&p.metadata), pod));
+                    let mut rec = r.lock().unwrap();
+                    let at = started.elapsed().as_secs_f64();
+                    rec.timeline.push((at, format!("pod {pod} deleted")));
+                    rec.deleted.push((revision(&p.metadata), pod));
                 }
                 _ => {}
             }
