@@ -185,7 +185,8 @@ fn panel(svg: &mut String, run: &RunReport, top: f64, span_ms: f64, bucket_ms: f
             r##"<path d="{mean_path}" fill="none" stroke="#08519c" stroke-width="1.2"/>"##
         );
     }
-    // Events.
+    // Events; labels are staggered over three rows so neighbours stay readable.
+    let mut labelled = 0usize;
     for e in &run.events {
         let (color, dash, label) = match &e.kind {
             EventKind::ChangeApplied { what } => ("#ff7f0e", "", Some(what.clone())),
@@ -202,11 +203,13 @@ fn panel(svg: &mut String, run: &RunReport, top: f64, span_ms: f64, bucket_ms: f
             r#"<line x1="{xe:.1}" x2="{xe:.1}" y1="{top}" y2="{bottom}" stroke="{color}" stroke-dasharray="{dash}"/>"#
         );
         if let Some(label) = label {
+            let row = (labelled % 3) as f64;
+            labelled += 1;
             let _ = writeln!(
                 svg,
                 r#"<text x="{:.1}" y="{}" fill="{color}" font-size="10">{}</text>"#,
                 xe + 2.0,
-                top + 12.0,
+                top + 12.0 + row * 11.0,
                 escape(&label)
             );
         }
