@@ -59,11 +59,14 @@ async fn relay(
 
 /// Accepts on `<ip>:<node_port>` until the task is aborted.
 pub async fn serve(ip: IpAddr, node_port: u16, table: Arc<RwLock<Table>>) {
-    let listener = match TcpListener::bind((ip, node_port)).await {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::error!(node_port, error = %e, "cannot listen on node port");
-            return;
+    // Another testbed's proxy on this machine may hold the port: keep trying, loudly.
+    let listener = loop {
+        match TcpListener::bind((ip, node_port)).await {
+            Ok(l) => break l,
+            Err(e) => {
+                tracing::error!(node_port, error = %e, "cannot listen on node port; retrying in 1 s");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
         }
     };
     tracing::info!(%ip, node_port, "node port open");
