@@ -72,6 +72,12 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1024..=1_048_576))]
     pub max_header_bytes: u64,
 
+    /// Once the drain began, how long a connection that has not sent its first request yet
+    /// (accepted just before SIGTERM) may still send it, in milliseconds. Connections that
+    /// already served a request and are idle close at once.
+    #[arg(long, env = "GRACEFUL_FIRST_REQUEST_GRACE_MS", default_value_t = 500)]
+    pub first_request_grace_ms: u64,
+
     /// Most open connections on the main listener; further clients wait in the kernel backlog.
     #[arg(long, env = "GRACEFUL_MAX_CONNECTIONS", default_value_t = 10_000,
           value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
@@ -128,6 +134,10 @@ impl Config {
 
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_millis(self.shutdown_timeout_ms)
+    }
+
+    pub fn first_request_grace(&self) -> Duration {
+        Duration::from_millis(self.first_request_grace_ms)
     }
 
     pub fn header_read_timeout(&self) -> Duration {

@@ -2,6 +2,7 @@
 
 mod admin;
 mod config;
+mod connection;
 mod context;
 mod error;
 mod handlers;

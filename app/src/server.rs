@@ -2,9 +2,8 @@
 //!
 //! Each listener runs its own accept loop with its own connection limit. On SIGTERM the loops
 //! stop accepting, take what is already in the kernel's accept backlog (those clients connected
-//! before the signal and deserve an answer), close the listener, and ask hyper to shut every
-//! connection down gracefully: idle keep-alive connections close at once with a FIN, a request
-//! in flight finishes and its response carries `Connection: close`.
+//! before the signal and deserve an answer), close the listener, and wait for every connection
+//! to close (see connection.rs for how each one is shut down).
 
 use std::future::poll_fn;
 use std::net::SocketAddr;
@@ -13,18 +12,15 @@ use std::task::Poll;
 use std::time::Duration;
 
 use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::rt::TokioTimer;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
-use crate::admin::admin_handler;
 use crate::config::{Config, ShutdownMode};
+use crate::connection::{self, ConnectionSettings};
 use crate::context::AppContext;
 use crate::error::AppError;
-use crate::handlers::main_handler;
 use crate::metrics::{ListenerKind, Metrics};
 use crate::shutdown::Signals;
 use crate::state::{Lifecycle, Phase};
@@ -46,19 +42,21 @@ pub async fn run(config: Config) -> Result<(), AppError> {
     let admin_addr = local_addr(ListenerKind::Admin, &admin_listener)?;
     announce(main_addr, admin_addr);
 
-    let http = http_builder(&config);
+    let settings = |kind| ConnectionSettings {
+        kind,
+        http: http_builder(&config),
+        first_request_grace: config.first_request_grace(),
+    };
     let main_loop = tokio::spawn(accept_loop(
         main_listener,
-        ListenerKind::Main,
         config.max_connections,
-        http.clone(),
+        settings(ListenerKind::Main),
         ctx.clone(),
     ));
     let admin_loop = tokio::spawn(accept_loop(
         admin_listener,
-        ListenerKind::Admin,
         config.admin_max_connections,
-        http,
+        settings(ListenerKind::Admin),
         ctx.clone(),
     ));
     lifecycle.advance(Phase::Serving);
@@ -156,18 +154,17 @@ fn http_builder(config: &Config) -> http1::Builder {
     builder
 }
 
-/// Accepts connections until the process terminates, then drains them.
+/// Accepts connections until the process terminates, then drains them: takes what already
+/// waits in the backlog, closes the listener, and waits until every connection closed.
 async fn accept_loop(
     listener: TcpListener,
-    kind: ListenerKind,
     max_connections: u64,
-    http: http1::Builder,
+    settings: ConnectionSettings,
     ctx: Arc<AppContext>,
 ) {
-    let limit = Arc::new(Semaphore::new(
-        usize::try_from(max_connections).unwrap_or(Semaphore::MAX_PERMITS),
-    ));
-    let graceful = GracefulShutdown::new();
+    let kind = settings.kind;
+    let slots = u32::try_from(max_connections).unwrap_or(u32::MAX);
+    let limit = Arc::new(Semaphore::new(slots as usize));
     let lifecycle = ctx.lifecycle.clone();
     loop {
         // At the limit we stop accepting: further clients wait in the kernel backlog instead
@@ -186,7 +183,7 @@ async fn accept_loop(
             accepted = listener.accept() => accepted,
         };
         match accepted {
-            Ok((stream, _peer)) => serve(stream, permit, kind, &http, &graceful, &ctx),
+            Ok((stream, _peer)) => connection::spawn(stream, permit, &settings, &ctx),
             Err(error) => {
                 warn!(listener = kind.as_str(), %error, "accept failed");
                 tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
@@ -198,7 +195,7 @@ async fn accept_loop(
         match limit.clone().try_acquire_owned() {
             Ok(permit) => {
                 from_backlog += 1;
-                serve(stream, permit, kind, &http, &graceful, &ctx);
+                connection::spawn(stream, permit, &settings, &ctx);
             }
             Err(_) => drop(stream),
         }
@@ -206,11 +203,10 @@ async fn accept_loop(
     drop(listener);
     debug!(
         listener = kind.as_str(),
-        from_backlog,
-        open = graceful.count(),
-        "listener closed, draining connections"
+        from_backlog, "listener closed, draining connections"
     );
-    graceful.shutdown().await;
+    // Every open connection holds one slot: all slots free means all connections closed.
+    let _all = limit.acquire_many(slots).await;
 }
 
 /// Takes one connection already waiting in the backlog, without waiting for a new one.
@@ -220,37 +216,4 @@ async fn try_accept(listener: &TcpListener) -> Option<TcpStream> {
         Poll::Ready(Err(_)) | Poll::Pending => Poll::Ready(None),
     })
     .await
-}
-
-/// Serves one connection on its own task, watched by `graceful` so the drain can reach it.
-fn serve(
-    stream: TcpStream,
-    permit: OwnedSemaphorePermit,
-    kind: ListenerKind,
-    http: &http1::Builder,
-    graceful: &GracefulShutdown,
-    ctx: &Arc<AppContext>,
-) {
-    if let Err(error) = stream.set_nodelay(true) {
-        debug!(%error, "could not set TCP_NODELAY");
-    }
-    let connection_guard = ctx.metrics.connection_opened(kind);
-    let handler_ctx = ctx.clone();
-    let service = service_fn(move |request| {
-        let ctx = handler_ctx.clone();
-        async move {
-            match kind {
-                ListenerKind::Main => main_handler(ctx, request).await,
-                ListenerKind::Admin => admin_handler(ctx, request).await,
-            }
-        }
-    });
-    let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
-    tokio::spawn(async move {
-        let _permit = permit;
-        let _guard = connection_guard;
-        if let Err(error) = connection.await {
-            debug!(listener = kind.as_str(), %error, "connection ended with an error");
-        }
-    });
 }

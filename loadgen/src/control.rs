@@ -16,6 +16,8 @@ struct Flags {
     no_new_connections: AtomicBool,
     finished: AtomicU64,
     failed: AtomicU64,
+    /// Workers between "may I open a connection?" and "the connect finished".
+    connecting: AtomicU64,
 }
 
 impl Control {
@@ -32,6 +34,34 @@ impl Control {
     /// a worker's connection, that worker ends. Models a proxy that removed the endpoint.
     pub fn stop_new_connections(&self) {
         self.inner.no_new_connections.store(true, Ordering::SeqCst);
+    }
+
+    /// Waits (bounded by `limit`) until no worker is still opening a connection it was allowed
+    /// to open before [`Control::stop_new_connections`]. After it returns true, every
+    /// connection this run will ever open is established, so a server that stops listening
+    /// from then on refuses nobody. Returns false when `limit` passed first.
+    pub async fn new_connections_settled(&self, limit: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if self.inner.connecting.load(Ordering::SeqCst) == 0 {
+                return true;
+            }
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+    }
+
+    /// Claims the right to open a connection; `None` once new connections are stopped. The
+    /// claim is counted (before the flag is read, so [`Control::new_connections_settled`] cannot
+    /// miss it) until the returned guard drops.
+    pub(crate) fn begin_connect(&self) -> Option<ConnectClaim> {
+        self.inner.connecting.fetch_add(1, Ordering::SeqCst);
+        let claim = ConnectClaim {
+            control: self.clone(),
+        };
+        self.new_connections_allowed().then_some(claim)
     }
 
     pub fn is_stopped(&self) -> bool {
@@ -57,5 +87,16 @@ impl Control {
         if !ok {
             self.inner.failed.fetch_add(1, Ordering::Relaxed);
         }
+    }
+}
+
+/// A worker's claim to open one connection; released when the connect finished (or failed).
+pub(crate) struct ConnectClaim {
+    control: Control,
+}
+
+impl Drop for ConnectClaim {
+    fn drop(&mut self) {
+        self.control.inner.connecting.fetch_sub(1, Ordering::SeqCst);
     }
 }

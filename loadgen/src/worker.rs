@@ -12,7 +12,7 @@ use hyper::client::conn::http1::{SendRequest, handshake};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use crate::control::Control;
+use crate::control::{ConnectClaim, Control};
 use crate::record::{ErrorKind, RequestRecord, classify, classify_io};
 use crate::spec::{ConnectionMode, LoadSpec};
 
@@ -41,20 +41,32 @@ impl Worker {
                 break;
             }
             // The server closed the connection between requests (EOF): reconnect, no error.
-            if connection.as_ref().is_some_and(|sender| sender.is_closed()) {
+            // Nothing of the next request has been written yet, so this is not a retry.
+            if let Some(sender) = connection.as_mut()
+                && (sender.is_closed() || sender.ready().await.is_err())
+            {
                 connection = None;
             }
-            if connection.is_none() && !self.control.new_connections_allowed() {
-                break;
-            }
+            // A worker without a connection must be allowed to open one; the claim lasts until
+            // its connect finished, so a test can wait for connects already under way.
+            let claim = if connection.is_none() {
+                match self.control.begin_connect() {
+                    Some(claim) => Some(claim),
+                    None => break,
+                }
+            } else {
+                None
+            };
             if self.budget.fetch_add(1, Ordering::SeqCst) >= self.spec.max_requests {
                 break;
             }
             let start = Instant::now();
             let new_connection = connection.is_none();
-            let exchange =
-                tokio::time::timeout(self.spec.request_timeout, self.exchange(&mut connection))
-                    .await;
+            let exchange = tokio::time::timeout(
+                self.spec.request_timeout,
+                self.exchange(&mut connection, claim),
+            )
+            .await;
             let latency = start.elapsed();
             let mut record = RequestRecord {
                 worker: self.id,
@@ -92,17 +104,17 @@ impl Worker {
     }
 
     /// One request and its full response, connecting first when needed.
-    async fn exchange(&self, connection: &mut Option<Sender>) -> Result<Answer, ErrorKind> {
+    async fn exchange(
+        &self,
+        connection: &mut Option<Sender>,
+        claim: Option<ConnectClaim>,
+    ) -> Result<Answer, ErrorKind> {
         let mut sender = match connection.take() {
             Some(sender) => sender,
             None => self.connect().await?,
         };
-        if sender.ready().await.is_err() {
-            // Closed before anything was written: this is the "EOF between requests" case, so
-            // reconnecting is not a retry of a request the server saw.
-            sender = self.connect().await?;
-            sender.ready().await.map_err(|error| classify(&error))?;
-        }
+        drop(claim);
+        sender.ready().await.map_err(|error| classify(&error))?;
         let mut request = Request::get(self.spec.path.as_str());
         let host = match &self.spec.host {
             Some(host) => host.clone(),

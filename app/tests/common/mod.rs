@@ -285,47 +285,72 @@ pub async fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> boo
 
 /// Outcome of the preStop-then-SIGTERM scenario under load.
 pub struct DrainRun {
-    pub report: loadgen::Report,
+    /// 200 keep-alive clients, 100 ms requests.
+    pub short: loadgen::Report,
+    /// 20 keep-alive clients, 2,000 ms requests: these are in flight when SIGTERM comes.
+    pub long: loadgen::Report,
     pub sigterm_at: Instant,
     pub exit: ExitStatus,
-    pub prestop_status: Option<u16>,
+    pub prestop_status: u16,
     pub readyz_turned_503: bool,
     pub log: String,
 }
 
-/// 200 keep-alive clients send 100 ms requests; /prestop is called; once /readyz says 503 the
-/// "proxy" (the load generator) opens no new connection to this replica, while connections
-/// already open keep delivering requests, as kube-proxy's do; shortly after, SIGTERM.
-pub async fn drain_under_load(extra_args: &[&str]) -> anyhow::Result<DrainRun> {
-    let mut args = vec!["--drain-delay-ms", "3000", "--shutdown-timeout-ms", "15000"];
-    args.extend_from_slice(extra_args);
-    let mut app = App::start(&args)?;
-    let control = loadgen::Control::new();
-    let spec = loadgen::LoadSpec::new(app.main, "/?work_ms=100")
-        .concurrency(200)
+impl DrainRun {
+    pub fn reports(&self) -> [(&'static str, &loadgen::Report); 2] {
+        [("short", &self.short), ("long", &self.long)]
+    }
+}
+
+fn load_spec(target: SocketAddr, work_ms: u64, clients: usize) -> loadgen::LoadSpec {
+    loadgen::LoadSpec::new(target, format!("/?work_ms={work_ms}"))
+        .concurrency(clients)
         .max_requests(200_000)
         .duration(Duration::from_secs(30))
-        .request_timeout(Duration::from_secs(10));
-    let load = tokio::spawn(loadgen::run(spec, control.clone()));
+        .request_timeout(Duration::from_secs(10))
+}
+
+/// The kubelet's sequence under constant keep-alive load, with the load generator in the role
+/// of the proxy:
+/// 1. /prestop is called (it holds for the 1 s drain delay) and /readyz turns 503;
+/// 2. 300 ms later the proxy has removed the endpoint: no new connection reaches the app,
+///    while connections already open keep delivering requests (kube-proxy balances per
+///    connection); every response now says `Connection: close`, so those connections end;
+/// 3. when /prestop returns, SIGTERM. The 2 s requests are still in flight then.
+pub async fn drain_under_load(extra_args: &[&str]) -> anyhow::Result<DrainRun> {
+    let mut args = vec!["--drain-delay-ms", "1000", "--shutdown-timeout-ms", "15000"];
+    args.extend_from_slice(extra_args);
+    let mut app = App::start(&args)?;
+    let proxy = loadgen::Control::new();
+    let short = tokio::spawn(loadgen::run(load_spec(app.main, 100, 200), proxy.clone()));
     // Constant load for a while before the drain starts.
     tokio::time::sleep(Duration::from_millis(1_500)).await;
+    // Long requests start 0.5 s before /prestop and run 2 s: SIGTERM comes ~1 s after
+    // /prestop, so they are in flight then, with ~0.5 s of work left.
+    let long = tokio::spawn(loadgen::run(load_spec(app.main, 2_000, 20), proxy.clone()));
+    tokio::time::sleep(Duration::from_millis(500)).await;
 
     let admin = app.admin;
+    let prestop_called = Instant::now();
     let prestop = tokio::task::spawn_blocking(move || get(admin, "/prestop"));
     let readyz_turned_503 = eventually(Duration::from_secs(5), || {
         get(admin, "/readyz").is_ok_and(|response| response.status == 503)
     })
     .await;
-    control.stop_new_connections();
-    // The gap a proxy needs to act on the endpoint removal; connects already under way land.
-    tokio::time::sleep(Duration::from_millis(30)).await;
+    tokio::time::sleep_until((prestop_called + Duration::from_millis(300)).into()).await;
+    proxy.stop_new_connections();
+    let settled = proxy.new_connections_settled(Duration::from_secs(10)).await;
+    anyhow::ensure!(settled, "connects still under way after 10 s");
+    let prestop_status = prestop.await??.status;
+
     let sigterm_at = Instant::now();
     app.signal(Signal::SIGTERM)?;
     let exit = app.wait_exit(Duration::from_secs(30)).await?;
-    let report = tokio::time::timeout(Duration::from_secs(40), load).await???;
-    let prestop_status = prestop.await?.ok().map(|response| response.status);
+    let short = tokio::time::timeout(Duration::from_secs(40), short).await???;
+    let long = tokio::time::timeout(Duration::from_secs(40), long).await???;
     Ok(DrainRun {
-        report,
+        short,
+        long,
         sigterm_at,
         exit,
         prestop_status,
