@@ -100,3 +100,24 @@ fn drain_past_the_shutdown_timeout_exits_non_zero() -> anyhow::Result<()> {
     assert!(log.contains("shutdown timed out"), "log:\n{log}");
     Ok(())
 }
+
+#[test]
+fn a_client_that_connected_before_sigterm_still_gets_its_answer() -> anyhow::Result<()> {
+    let mut app = App::start(&["--first-request-grace-ms", "2000"])?;
+    // Connected before the signal, request written after it (a client that was just slow).
+    let mut late = connect(app.main)?;
+    // Connected before the signal, never sends anything: closed after the grace.
+    let mut silent = connect(app.main)?;
+    std::thread::sleep(Duration::from_millis(200));
+    app.signal(Signal::SIGTERM)?;
+    std::thread::sleep(Duration::from_millis(100));
+    send_get(&mut late, "/", false)?;
+    let response = read_response(&mut late)?;
+    assert_eq!(response.status, 200);
+    assert!(response.says_close());
+    assert_eq!(read_end(&mut late), ReadEnd::Eof);
+    assert_eq!(read_end(&mut silent), ReadEnd::Eof);
+    let exit = app.wait_exit_blocking(Duration::from_secs(30))?;
+    assert_eq!(exit.code(), Some(0), "log:\n{}", app.log());
+    Ok(())
+}
