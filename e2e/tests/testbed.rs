@@ -381,8 +381,9 @@ async fn unmapped_image_waits_and_failing_liveness_restarts() -> Result<()> {
     Ok(())
 }
 
-/// The pod's process sees its own service-account token where in-cluster clients look, and the
-/// API authenticates it as that service account (so RBAC applies to it).
+/// The pod's process runs as the pod's user and sees its own service-account token where
+/// in-cluster clients look, and the API authenticates it as that service account (so RBAC
+/// applies to it).
 #[tokio::test]
 async fn pod_gets_its_service_account_token() -> Result<()> {
     let tb = testbed::shared()?;
@@ -395,15 +396,35 @@ async fn pod_gets_its_service_account_token() -> Result<()> {
         "web",
         &AppPods {
             replicas: 1,
+            run_as_user: Some(65532),
             ..AppPods::default()
         },
     )
     .await?;
     let pod = ready_pods(&client, ns, "web", 1).await?.remove(0);
     let pid = live_pids(std::slice::from_ref(&pod))?[0];
+    // The process runs as the pod's user, which can read the token.
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let uid_line = status
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .context("no Uid line")?;
+    assert!(
+        uid_line.split_whitespace().skip(1).all(|u| u == "65532"),
+        "{uid_line}"
+    );
     let read = |file: &str| -> Result<String> {
         let out = std::process::Command::new("nsenter")
-            .args(["-t", &pid.to_string(), "-m", "cat"])
+            .args([
+                "-t",
+                &pid.to_string(),
+                "-m",
+                "-S",
+                "65532",
+                "-G",
+                "65532",
+                "cat",
+            ])
             .arg(format!(
                 "/var/run/secrets/kubernetes.io/serviceaccount/{file}"
             ))

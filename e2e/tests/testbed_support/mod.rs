@@ -51,6 +51,8 @@ pub struct AppPods {
     pub readiness: bool,
     pub prestop: bool,
     pub grace_seconds: i64,
+    /// Pod-level `runAsUser` with `runAsNonRoot: true`.
+    pub run_as_user: Option<i64>,
     pub env: Vec<(&'static str, &'static str)>,
 }
 
@@ -62,6 +64,7 @@ impl Default for AppPods {
             readiness: true,
             prestop: false,
             grace_seconds: 30,
+            run_as_user: None,
             env: vec![],
         }
     }
@@ -92,10 +95,15 @@ pub fn pod_spec(app: &str, opts: &AppPods) -> Value {
         container["lifecycle"] =
             json!({"preStop": {"httpGet": {"path": "/prestop", "port": "admin"}}});
     }
+    let security = match opts.run_as_user {
+        Some(uid) => json!({"runAsNonRoot": true, "runAsUser": uid, "runAsGroup": uid}),
+        None => json!({}),
+    };
     json!({
         "metadata": {"labels": {"app": app}},
         "spec": {
             "terminationGracePeriodSeconds": opts.grace_seconds,
+            "securityContext": security,
             "containers": [container]
         }
     })

@@ -10,6 +10,7 @@ use tokio::time::Instant;
 use super::env::{PodFacts, container_env};
 use super::journal::Step;
 use super::restart::should_restart;
+use super::security::identity;
 use super::slot::Msg;
 use super::status::State;
 use super::worker::Worker;
@@ -109,12 +110,26 @@ impl Worker {
                 return;
             }
         };
+        let security = self
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.security_context.as_ref());
+        let identity = match identity(security, &slot.spec) {
+            Ok(identity) => identity,
+            Err(e) => {
+                slot.view.state = State::waiting("CreateContainerConfigError", Some(e));
+                slot.next_start = Some(Instant::now() + CONFIG_RETRY);
+                return;
+            }
+        };
         let launch = process::Launch {
             invocation: &invocation,
             env: &env,
             netns_path: &netns_path,
             service_account_dir: sa_dir.as_deref(),
             log_path: &log_path,
+            identity: identity.as_ref(),
         };
         let mut child = match process::spawn(&launch) {
             Ok(child) => child,

@@ -15,6 +15,7 @@ pub mod pods;
 pub mod probes;
 pub mod process;
 pub mod restart;
+pub mod security;
 pub mod slot;
 pub mod status;
 pub mod termination;

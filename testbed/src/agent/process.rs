@@ -27,6 +27,8 @@ pub struct Launch<'a> {
     /// Per-pod directory with token, ca.crt and namespace, bind-mounted at SERVICE_ACCOUNT_MOUNT.
     pub service_account_dir: Option<&'a Path>,
     pub log_path: &'a Path,
+    /// User and groups to switch to (None: keep root).
+    pub identity: Option<&'a super::security::Identity>,
 }
 
 /// Makes sure the mount point exists on the host (an empty directory; each pod sees its own
@@ -40,8 +42,9 @@ fn cstring(path: &Path) -> anyhow::Result<CString> {
 }
 
 /// Spawns the container. The child joins the pod's network namespace, gets a private mount
-/// namespace with the service-account bind mount, leads its own process group (so a Ctrl-C on
-/// the supervisor's terminal reaches the agent, not the pods directly) and dies with the agent.
+/// namespace with the service-account bind mount, switches to the pod's user, leads its own
+/// process group (so a Ctrl-C on the supervisor's terminal reaches the agent, not the pods
+/// directly) and dies with the agent.
 pub fn spawn(launch: &Launch<'_>) -> anyhow::Result<tokio::process::Child> {
     let netns: OwnedFd = File::open(launch.netns_path)
         .with_context(|| format!("opening {}", launch.netns_path))?
@@ -61,6 +64,7 @@ pub fn spawn(launch: &Launch<'_>) -> anyhow::Result<tokio::process::Child> {
         None => None,
     };
     let root = CString::new("/")?;
+    let identity = launch.identity.cloned();
 
     let mut cmd = tokio::process::Command::new(&launch.invocation.program);
     cmd.args(&launch.invocation.args)
@@ -93,6 +97,16 @@ pub fn spawn(launch: &Launch<'_>) -> anyhow::Result<tokio::process::Child> {
                     MsFlags::MS_BIND,
                     None::<&std::ffi::CStr>,
                 )?;
+            }
+            if let Some(id) = &identity {
+                let groups: &[nix::libc::gid_t] = &id.groups;
+                // Plain system calls on prepared values (groups first, uid last).
+                let failed = nix::libc::setgroups(groups.len(), groups.as_ptr()) != 0
+                    || nix::libc::setgid(id.gid) != 0
+                    || nix::libc::setuid(id.uid) != 0;
+                if failed {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
             Ok(())
         });
