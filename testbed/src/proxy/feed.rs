@@ -125,3 +125,29 @@ pub async fn next_due(
     tokio::time::sleep_until(seen + delay).await;
     Some(change)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn changes_arrive_in_order_and_not_before_the_delay() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let sent = Instant::now();
+        for name in ["a", "b"] {
+            let mut svc = Service::default();
+            svc.metadata.name = Some(name.into());
+            tx.send((Instant::now(), Change::Service(svc))).unwrap();
+        }
+        let delay = Duration::from_millis(80);
+        for want in ["a", "b"] {
+            let Some(Change::Service(svc)) = next_due(&mut rx, delay).await else {
+                panic!("expected a service change");
+            };
+            assert_eq!(svc.metadata.name.as_deref(), Some(want));
+            assert!(sent.elapsed() >= delay);
+        }
+        drop(tx);
+        assert!(next_due(&mut rx, delay).await.is_none());
+    }
+}
