@@ -37,9 +37,12 @@ impl Binaries {
         self.dir.join(name)
     }
 
-    /// Uses `TESTBED_CONTROLPLANE_DIR` if set, else runs the build script (progress on stderr).
+    /// Uses `TESTBED_CONTROLPLANE_DIR` (or `TESTBED_BIN_DIR`, which scripts/test.sh exports) if
+    /// set, else runs the build script (progress on stderr).
     pub async fn locate_or_build() -> Result<Self> {
-        let dir = match std::env::var_os("TESTBED_CONTROLPLANE_DIR") {
+        let preset = std::env::var_os("TESTBED_CONTROLPLANE_DIR")
+            .or_else(|| std::env::var_os("TESTBED_BIN_DIR"));
+        let dir = match preset {
             Some(dir) => PathBuf::from(dir),
             None => run_build_script().await?,
         };

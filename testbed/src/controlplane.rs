@@ -105,8 +105,8 @@ pub async fn start(
         ("service-account-key-file", &path(&pki.sa_pub)),
         ("service-account-signing-key-file", &path(&pki.sa_key)),
         ("allow-privileged", "true"),
-        // Without node-lifecycle-controller nothing would lift the not-ready taint this plugin
-        // puts on new nodes; the node agent registers its nodes Ready from the start.
+        // This plugin taints new nodes not-ready, and only node-lifecycle-controller (not run
+        // here) lifts the taint; the node agent registers its nodes Ready from the start.
         ("disable-admission-plugins", "TaintNodesByCondition"),
         ("cert-dir", &path(&run_dir.join("apiserver-certs"))),
         ("profiling", "false"),
