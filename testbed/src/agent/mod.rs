@@ -75,6 +75,31 @@ pub struct Args {
     pub images: Vec<(String, PathBuf)>,
 }
 
+impl Args {
+    /// Checks what clap cannot: how the flags fit together.
+    pub fn validate(&self) -> Result<(), String> {
+        if !self.pod_cidr.contains(self.gateway) {
+            return Err(format!(
+                "--gateway {} is not inside --pod-cidr",
+                self.gateway
+            ));
+        }
+        let prefix_ok = !self.netns_prefix.is_empty()
+            && self.netns_prefix.len() <= 40
+            && self
+                .netns_prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !prefix_ok {
+            return Err(format!(
+                "--netns-prefix {:?}: 1 to 40 letters, digits, '-' or '_'",
+                self.netns_prefix
+            ));
+        }
+        Ok(())
+    }
+}
+
 async fn client(kubeconfig: &std::path::Path) -> anyhow::Result<kube::Client> {
     let kc = kube::config::Kubeconfig::read_from(kubeconfig)
         .with_context(|| format!("reading {}", kubeconfig.display()))?;
@@ -87,9 +112,7 @@ async fn client(kubeconfig: &std::path::Path) -> anyhow::Result<kube::Client> {
 /// Runs the agent until SIGTERM or SIGINT, then kills every pod process and deletes the
 /// namespaces it made.
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    if !args.pod_cidr.contains(args.gateway) {
-        anyhow::bail!("--gateway {} is not inside --pod-cidr", args.gateway);
-    }
+    args.validate().map_err(anyhow::Error::msg)?;
     let client = client(&args.kubeconfig).await?;
     std::fs::create_dir_all(args.run_dir.join("pods"))?;
     process::prepare_mount_point().context("creating the service-account mount point")?;

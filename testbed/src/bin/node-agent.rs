@@ -29,6 +29,10 @@ struct Cli {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    if let Err(e) = cli.agent.validate() {
+        eprintln!("error: {e}");
+        return std::process::ExitCode::from(2);
+    }
     testbed::agent::init_tracing(&cli.log_format);
     match testbed::agent::run(cli.agent).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
