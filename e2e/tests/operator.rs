@@ -392,6 +392,48 @@ async fn two_replicas_with_leader_election_fail_over() -> Result<()> {
     Ok(())
 }
 
+/// The operator runs with nothing but operator/rbac.yaml (the list the Helm chart grants).
+#[tokio::test]
+async fn operator_needs_only_the_documented_rbac() -> Result<()> {
+    let s = setup("op-rbac").await?;
+    let user = format!("graceful-operator-{}", s.ns);
+    let kubeconfig = restricted_kubeconfig(s.tb, &s.client, &user).await?;
+    let args = ["--leader-election", "on", "--lease-namespace", &s.ns];
+    let operator = Operator::start_as(s.tb, &s.ns, &args, &kubeconfig)?;
+    let mut spec = quick_spec(3);
+    spec.service.type_ = ServiceType::NodePort;
+    create_gsvc(&s.client, &s.ns, "web", spec).await?;
+    wait_stable(&s.client, &s.ns, "web", 3).await?;
+    let gsvcs: Api<GracefulService> = Api::namespaced(s.client.clone(), &s.ns);
+    let patch = serde_json::json!({"spec": {"replicas": 1}});
+    gsvcs
+        .patch("web", &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    wait_stable(&s.client, &s.ns, "web", 1).await?;
+    let mut events = s.tb.kubectl();
+    events.args([
+        "get",
+        "events",
+        "-n",
+        &s.ns,
+        "--field-selector",
+        "reason=ScaleDownStep",
+        "-o",
+        "name",
+    ]);
+    assert_eq!(
+        run(events)?.lines().count(),
+        2,
+        "one Event per step (3->2, 2->1)"
+    );
+    let log = std::fs::read_to_string(&operator.log)?;
+    assert!(
+        !log.contains("forbidden"),
+        "operator hit a forbidden call:\n{log}"
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn invalid_specs_are_refused_by_the_api_server() -> Result<()> {
     let s = setup("op-invalid").await?;

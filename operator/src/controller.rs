@@ -97,7 +97,8 @@ pub async fn run(
     .for_each(|result| async move {
         match result {
             Ok((object, _)) => tracing::debug!(object = %object, "reconciled"),
-            Err(error) => tracing::warn!(%error, "reconcile failed"),
+            // error_policy already logged reconcile errors at warn level.
+            Err(error) => tracing::debug!(%error, "reconcile failed"),
         }
     })
     .await;

@@ -41,6 +41,16 @@ impl Operator {
     }
 
     pub fn start_with(tb: &Testbed, namespace: &str, extra: &[&str]) -> Result<Self> {
+        Self::start_as(tb, namespace, extra, tb.kubeconfig())
+    }
+
+    /// Starts with another kubeconfig (e.g. one impersonating a user with limited RBAC).
+    pub fn start_as(
+        tb: &Testbed,
+        namespace: &str,
+        extra: &[&str],
+        kubeconfig: &std::path::Path,
+    ) -> Result<Self> {
         let metrics_port = free_port()?;
         let health_port = free_port()?;
         let log = tb
@@ -52,7 +62,7 @@ impl Operator {
             .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
             .args(["--health-addr", &format!("127.0.0.1:{health_port}")])
             .args(extra)
-            .env("KUBECONFIG", tb.kubeconfig())
+            .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "info,graceful_operator=debug")
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
@@ -351,4 +361,42 @@ pub fn check_walk(rec: &Recording, from: i32, to: i32) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Applies operator/rbac.yaml, binds it to `user`, and writes a kubeconfig impersonating `user`.
+/// The kubeconfig is written as JSON, which is valid YAML.
+pub async fn restricted_kubeconfig(
+    tb: &Testbed,
+    client: &kube::Client,
+    user: &str,
+) -> Result<PathBuf> {
+    use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
+    let rbac = concat!(env!("CARGO_MANIFEST_DIR"), "/../operator/rbac.yaml");
+    let mut apply = tb.kubectl();
+    apply.args(["apply", "--server-side", "--force-conflicts", "-f", rbac]);
+    run(apply)?;
+    let binding: ClusterRoleBinding = serde_json::from_value(serde_json::json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRoleBinding",
+        "metadata": {"name": user},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "graceful-operator"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
+    }))?;
+    let bindings: Api<ClusterRoleBinding> = Api::all(client.clone());
+    bindings
+        .patch(
+            user,
+            &kube::api::PatchParams::apply("e2e").force(),
+            &kube::api::Patch::Apply(&binding),
+        )
+        .await?;
+    let mut config = kube::config::Kubeconfig::read_from(tb.kubeconfig())?;
+    for auth in &mut config.auth_infos {
+        if let Some(info) = auth.auth_info.as_mut() {
+            info.impersonate = Some(user.to_string());
+        }
+    }
+    let path = tb.run_dir().join(format!("kubeconfig-{user}"));
+    std::fs::write(&path, serde_json::to_vec_pretty(&config)?)?;
+    Ok(path)
 }
