@@ -7,6 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use nix::fcntl::{Flock, FlockArg};
 
 use crate::process::spawn_guarded;
 
@@ -77,6 +78,7 @@ impl Drop for KillOnDrop {
 async fn run_build_script() -> Result<PathBuf> {
     let script = build_script();
     let started = Instant::now();
+    let _lock = build_lock(started).await?;
     wait_for_foreign_build(started).await?;
     let mut command = Command::new("bash");
     command
@@ -109,7 +111,7 @@ async fn run_build_script() -> Result<PathBuf> {
             );
             last_note = Instant::now();
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let mut stdout = String::new();
     if let Some(mut out) = build.0.stdout.take() {
@@ -131,6 +133,53 @@ async fn run_build_script() -> Result<PathBuf> {
         "control plane binaries ready"
     );
     Ok(PathBuf::from(dir))
+}
+
+/// The script's cache root (same rule as in the script).
+fn cache_root() -> PathBuf {
+    let var = |name: &str| {
+        std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    var("GRACEFUL_CACHE").unwrap_or_else(|| {
+        var("XDG_CACHE_HOME")
+            .or_else(|| var("HOME").map(|home| home.join(".cache")))
+            .unwrap_or_else(std::env::temp_dir)
+            .join("graceful-operator")
+    })
+}
+
+/// Serializes this crate's calls of the build script across processes (two test binaries or
+/// runs starting at once with a cold cache would otherwise build twice). Released on drop.
+async fn build_lock(started: Instant) -> Result<Flock<std::fs::File>> {
+    let root = cache_root();
+    std::fs::create_dir_all(&root)?;
+    let path = root.join(".build.lock");
+    let mut file = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    let mut last_note: Option<Instant> = None;
+    loop {
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => return Ok(lock),
+            Err((returned, _)) => file = returned,
+        }
+        if started.elapsed() > BUILD_LIMIT {
+            bail!("{} is still locked by another build", path.display());
+        }
+        if last_note.is_none_or(|note| note.elapsed() >= PROGRESS_EVERY) {
+            eprintln!(
+                "testbed: waiting for another testbed's control-plane build ({})",
+                path.display()
+            );
+            last_note = Some(Instant::now());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 /// Never run two Go builds of the control plane at once (2 cores, GBs of memory each): wait for
