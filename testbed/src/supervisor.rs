@@ -71,7 +71,7 @@ fn stop_grace(name: &str) -> Duration {
 
 pub async fn up(args: UpArgs) -> Result<()> {
     let started = Instant::now();
-    let (run_dir, owned) = prepare_run_dir(args.run_dir.as_deref())?;
+    let run_dir = prepare_run_dir(args.run_dir.as_deref())?;
     let slot = Arc::new(Slot::claim(&run_dir, args.keep)?);
     let plan = slot.plan();
     let recorder = Arc::clone(&slot);
@@ -89,12 +89,14 @@ pub async fn up(args: UpArgs) -> Result<()> {
     }
     children.stop_all(stop_grace);
     plan.destroy();
-    if owned && !args.keep {
-        if let Err(error) = std::fs::remove_dir_all(&run_dir) {
-            tracing::warn!(%error, run_dir = %run_dir.display(), "cannot remove run dir");
-        }
-    } else {
+    if args.keep {
         tracing::info!(run_dir = %run_dir.display(), "run dir kept");
+    } else if outcome.is_err() {
+        // The error names a log file: keep the logs, drop the rest (etcd data, keys).
+        remove_all_but_logs(&run_dir);
+        eprintln!("testbed: logs kept in {}", run_dir.join("logs").display());
+    } else if let Err(error) = std::fs::remove_dir_all(&run_dir) {
+        tracing::warn!(%error, run_dir = %run_dir.display(), "cannot remove run dir");
     }
     drop(children); // holds the other reference to the slot
     if let Ok(slot) = Arc::try_unwrap(slot) {
@@ -104,8 +106,8 @@ pub async fn up(args: UpArgs) -> Result<()> {
     outcome
 }
 
-/// Returns the run dir and whether teardown may delete it (always, since it is new or was empty).
-fn prepare_run_dir(requested: Option<&Path>) -> Result<(PathBuf, bool)> {
+/// Creates the run dir: teardown deletes it, so it must be new or empty.
+fn prepare_run_dir(requested: Option<&Path>) -> Result<PathBuf> {
     let dir = match requested {
         Some(dir) => {
             let dir = std::path::absolute(dir)?;
@@ -122,7 +124,27 @@ fn prepare_run_dir(requested: Option<&Path>) -> Result<(PathBuf, bool)> {
         }
     };
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    Ok((dir, true))
+    Ok(dir)
+}
+
+fn remove_all_but_logs(run_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(run_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if entry.file_name() == "logs" {
+            continue;
+        }
+        let removed = if path.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        if let Err(error) = removed {
+            tracing::warn!(%error, path = %path.display(), "cannot remove");
+        }
+    }
 }
 
 /// Starts everything, announces the kubeconfig, then watches the children; returns only on error.
