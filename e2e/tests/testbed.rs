@@ -442,6 +442,15 @@ async fn pod_gets_its_service_account_token() -> Result<()> {
     let environ = std::fs::read(format!("/proc/{pid}/environ"))?;
     let environ = String::from_utf8_lossy(&environ);
     assert!(environ.contains(&format!("KUBERNETES_SERVICE_HOST={}", tb.gateway())));
+    // HOME is private to the pod: the agent's ~/.kube/config must not reach in-cluster clients.
+    let home = environ
+        .split('\0')
+        .find_map(|kv| kv.strip_prefix("HOME="))
+        .context("no HOME")?;
+    assert!(
+        home.starts_with(tb.run_dir().to_str().unwrap_or("?")),
+        "HOME={home}"
+    );
 
     // The token authenticates as system:serviceaccount:<ns>:default, which may not list pods.
     let kubeconfig: kube::config::Kubeconfig = serde_json::from_value(json!({

@@ -14,6 +14,9 @@ pub struct PodFacts {
     pub pod_ip: String,
     pub host_ip: String,
     pub service_account: String,
+    /// The container's HOME: a private empty directory, never the agent's (whose ~/.kube/config
+    /// would let an in-cluster client skip its service account).
+    pub home: String,
 }
 
 impl PodFacts {
@@ -70,7 +73,7 @@ pub fn container_env(
             "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
         ),
         ("HOSTNAME".into(), facts.name.clone()),
-        ("HOME".into(), "/root".into()),
+        ("HOME".into(), facts.home.clone()),
     ];
     if let Some(api) = api {
         env.push(("KUBERNETES_SERVICE_HOST".into(), api.host.clone()));
@@ -109,6 +112,7 @@ mod tests {
             pod_ip: "10.88.0.5".into(),
             host_ip: "10.88.0.1".into(),
             service_account: "default".into(),
+            home: "/run/pod-home".into(),
         }
     }
 

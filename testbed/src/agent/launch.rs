@@ -10,7 +10,7 @@ use tokio::time::Instant;
 use super::env::{PodFacts, container_env};
 use super::journal::Step;
 use super::restart::should_restart;
-use super::security::identity;
+use super::security::{Identity, identity};
 use super::slot::Msg;
 use super::status::State;
 use super::worker::Worker;
@@ -32,6 +32,7 @@ impl Worker {
             service_account: spec
                 .and_then(|s| s.service_account_name.clone())
                 .unwrap_or_else(|| "default".into()),
+            home: String::new(),
         }
     }
 
@@ -102,14 +103,6 @@ impl Worker {
                 return;
             }
         };
-        let env = match container_env(&self.pod, &slot.spec, &facts, api.as_ref()) {
-            Ok(env) => env,
-            Err(e) => {
-                slot.view.state = State::waiting("CreateContainerConfigError", Some(e));
-                slot.next_start = Some(Instant::now() + CONFIG_RETRY);
-                return;
-            }
-        };
         let security = self
             .pod
             .spec
@@ -117,6 +110,24 @@ impl Worker {
             .and_then(|s| s.security_context.as_ref());
         let identity = match identity(security, &slot.spec) {
             Ok(identity) => identity,
+            Err(e) => {
+                slot.view.state = State::waiting("CreateContainerConfigError", Some(e));
+                slot.next_start = Some(Instant::now() + CONFIG_RETRY);
+                return;
+            }
+        };
+        let home = self.pod_dir.join("home").join(&slot.spec.name);
+        if let Err(e) = make_home(&home, identity.as_ref()) {
+            slot.view.state = State::waiting("CreateContainerConfigError", Some(e));
+            slot.next_start = Some(Instant::now() + CONFIG_RETRY);
+            return;
+        }
+        let facts = PodFacts {
+            home: home.display().to_string(),
+            ..facts
+        };
+        let env = match container_env(&self.pod, &slot.spec, &facts, api.as_ref()) {
+            Ok(env) => env,
             Err(e) => {
                 slot.view.state = State::waiting("CreateContainerConfigError", Some(e));
                 slot.next_start = Some(Instant::now() + CONFIG_RETRY);
@@ -243,4 +254,14 @@ impl Worker {
             }
         }
     }
+}
+
+/// Creates the container's private HOME, owned by the user it runs as.
+fn make_home(home: &std::path::Path, identity: Option<&Identity>) -> Result<(), String> {
+    std::fs::create_dir_all(home).map_err(|e| format!("creating {}: {e}", home.display()))?;
+    if let Some(id) = identity {
+        std::os::unix::fs::chown(home, Some(id.uid), Some(id.gid))
+            .map_err(|e| format!("chown {}: {e}", home.display()))?;
+    }
+    Ok(())
 }
