@@ -269,6 +269,47 @@ async fn twenty_to_one_walks_every_step_after_the_previous_settled() -> Result<(
     Ok(())
 }
 
+/// An image change and a scale-down at once: the rollout runs at the old size first, and the
+/// scale-down steps only start once every pod runs the new template.
+#[tokio::test]
+async fn rollout_in_progress_holds_the_scale_down() -> Result<()> {
+    let s = setup("op-rollout").await?;
+    let _operator = Operator::start(s.tb, &s.ns)?;
+    create_gsvc(&s.client, &s.ns, "web", quick_spec(6)).await?;
+    wait_stable(&s.client, &s.ns, "web", 6).await?;
+    let (rec, tasks) = record(&s.client, &s.ns, "web").await?;
+    let gsvcs: Api<GracefulService> = Api::namespaced(s.client.clone(), &s.ns);
+    let patch = serde_json::json!({"spec": {
+        "replicas": 3,
+        "image": "ghcr.io/graceful-dev/graceful-app:0.1.1-e2e",
+    }});
+    gsvcs
+        .patch("web", &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    wait_stable(&s.client, &s.ns, "web", 3).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    tasks.iter().for_each(|t| t.abort());
+    let rec = rec.lock().unwrap().clone();
+    let sequence: Vec<i32> = rec.replicas.iter().map(|r| r.1).collect();
+    eprintln!(
+        "rollout + scale-down: replicas {sequence:?}, status at each change (replicas, updated, ready, available) {:?}",
+        rec.status_at_change
+    );
+    assert_eq!(sequence, [6, 5, 4, 3]);
+    // The first step was taken with all 6 pods updated, ready and available (rollout complete).
+    assert_eq!(rec.status_at_change[1], (6, 6, 6, 6));
+    let d: Deployment = Api::namespaced(s.client.clone(), &s.ns).get("web").await?;
+    let image = d
+        .spec
+        .and_then(|s| s.template.spec)
+        .and_then(|p| p.containers[0].image.clone());
+    assert_eq!(
+        image.as_deref(),
+        Some("ghcr.io/graceful-dev/graceful-app:0.1.1-e2e")
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn operator_killed_halfway_resumes_without_skip_or_repeat() -> Result<()> {
     let s = setup("op-kill").await?;
@@ -508,6 +549,7 @@ fn walk_checker_rejects_skips_and_early_steps() {
         replicas: vec![(10, 3), (11, 2), (14, 1)],
         terminating: vec![(12, "a".into()), (15, "b".into())],
         deleted: vec![(13, "a".into()), (16, "b".into())],
+        status_at_change: Vec::new(),
         timeline: Vec::new(),
     };
     assert!(check_walk(&good, 3, 1).is_ok());

@@ -245,6 +245,9 @@ pub struct Recording {
     pub terminating: Vec<(u64, String)>,
     /// (revision, pod) when a pod was removed from the API.
     pub deleted: Vec<(u64, String)>,
+    /// Deployment status (replicas, updated, ready, available) carried by each replicas change:
+    /// a spec update leaves status as it was, so this is what the operator saw when it stepped.
+    pub status_at_change: Vec<(i32, i32, i32, i32)>,
     /// Human-readable timeline: seconds since the recording started, what happened.
     pub timeline: Vec<(f64, String)>,
 }
@@ -281,6 +284,13 @@ pub async fn record(
                 && (initial || !rec.replicas.is_empty())
             {
                 rec.replicas.push((revision(&d.metadata), replicas));
+                let st = d.status.clone().unwrap_or_default();
+                rec.status_at_change.push((
+                    st.replicas.unwrap_or(0),
+                    st.updated_replicas.unwrap_or(0),
+                    st.ready_replicas.unwrap_or(0),
+                    st.available_replicas.unwrap_or(0),
+                ));
                 let at = started.elapsed().as_secs_f64();
                 rec.timeline
                     .push((at, format!("Deployment replicas {replicas}")));
