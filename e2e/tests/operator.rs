@@ -418,19 +418,43 @@ async fn two_replicas_with_leader_election_fail_over() -> Result<()> {
             .await?,
         0.0
     );
-    operators[0].kill();
     let gsvcs: Api<GracefulService> = Api::namespaced(s.client.clone(), &s.ns);
+    let holds = |holder: String, op: &Operator| holder.ends_with(&format!("-{}", op.pid()));
+
+    // SIGTERM: the leader exits cleanly (code 0) and releases the lease (holder cleared). The
+    // standby (kube-lease-manager) checks again when the lease it last saw would expire, so it
+    // takes over within one lease duration (15 s).
+    assert_eq!(operators[0].terminate()?, Some(0));
+    assert_eq!(holder().await?, None, "lease not released on SIGTERM");
+    let second = &operators[1];
+    eventually(
+        Duration::from_secs(25),
+        "standby takes the released lease",
+        || async { Ok(holder().await?.filter(|h| holds(h.clone(), second))) },
+    )
+    .await?;
     let patch = serde_json::json!({"spec": {"replicas": 2}});
     gsvcs
         .patch("web", &PatchParams::default(), &Patch::Merge(&patch))
         .await?;
     wait_stable(&s.client, &s.ns, "web", 2).await?;
-    let new_holder = eventually(Duration::from_secs(5), "lease held", holder).await?;
-    assert!(
-        new_holder.ends_with(&format!("-{}", operators[1].pid())),
-        "{new_holder}"
-    );
-    Ok(())
+
+    // SIGKILL: no release; a new standby takes over once the lease expires.
+    operators.push(Operator::start_with(s.tb, &s.ns, &args)?);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    operators[1].kill();
+    let third = &operators[2];
+    eventually(
+        Duration::from_secs(40),
+        "standby takes the expired lease",
+        || async { Ok(holder().await?.filter(|h| holds(h.clone(), third))) },
+    )
+    .await?;
+    let patch = serde_json::json!({"spec": {"replicas": 3}});
+    gsvcs
+        .patch("web", &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    wait_stable(&s.client, &s.ns, "web", 3).await
 }
 
 /// The operator runs with nothing but operator/rbac.yaml (the list the Helm chart grants).

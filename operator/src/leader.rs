@@ -1,9 +1,12 @@
 //! Leader election on a coordination.k8s.io Lease (kube-lease-manager), so two replicas of the
 //! operator can run while only one reconciles.
 
+use std::time::Duration;
+
 use kube::Client;
-use kube_lease_manager::{LeaseManagerBuilder, LeaseManagerError};
+use kube_lease_manager::{LeaseManager, LeaseManagerBuilder, LeaseManagerError};
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 /// Seconds a lease stays valid after its last renewal.
 pub const LEASE_DURATION_SECONDS: u64 = 15;
@@ -21,27 +24,44 @@ pub struct LeaseConfig {
     pub identity: String,
 }
 
-/// A held lease: `lost()` resolves when leadership ends.
+/// A held lease, renewed by a background task for as long as this value lives.
 pub struct Leadership {
     receiver: watch::Receiver<bool>,
+    task: JoinHandle<Result<LeaseManager, LeaseManagerError>>,
 }
 
 impl Leadership {
-    /// Resolves once this replica no longer holds the lease (or the lease task ended).
-    pub async fn lost(mut self) {
-        loop {
-            if !*self.receiver.borrow_and_update() {
-                return;
+    /// A future that resolves once this replica no longer holds the lease (or the lease task
+    /// ended).
+    pub fn lost(&self) -> impl Future<Output = ()> + Send + Sync + 'static {
+        let mut receiver = self.receiver.clone();
+        async move {
+            loop {
+                if !*receiver.borrow_and_update() {
+                    return;
+                }
+                if receiver.changed().await.is_err() {
+                    return;
+                }
             }
-            if self.receiver.changed().await.is_err() {
-                return;
-            }
+        }
+    }
+
+    /// Releases the lease so a standby replica takes over at once rather than after expiry.
+    /// Call after every future from [`Leadership::lost`] is dropped.
+    pub async fn release(self) {
+        // Closing the last receiver makes the lease task release the lock and end.
+        drop(self.receiver);
+        match tokio::time::timeout(Duration::from_secs(5), self.task).await {
+            Ok(Ok(Ok(_))) => tracing::info!("lease released"),
+            Ok(Ok(Err(error))) => tracing::warn!(%error, "lease release failed"),
+            Ok(Err(error)) => tracing::warn!(%error, "lease task failed"),
+            Err(_) => tracing::warn!("lease release timed out"),
         }
     }
 }
 
-/// Waits until this replica holds the lease. The lease is renewed in the background for as long
-/// as the returned [`Leadership`] (its channel receiver) lives, and released when it is dropped.
+/// Waits until this replica holds the lease; see [`Leadership`].
 pub async fn acquire(
     client: Client,
     config: &LeaseConfig,
@@ -53,10 +73,10 @@ pub async fn acquire(
         .with_grace(LEASE_GRACE_SECONDS)
         .build()
         .await?;
-    let (mut receiver, _task) = manager.watch().await;
+    let (mut receiver, task) = manager.watch().await;
     loop {
         if *receiver.borrow_and_update() {
-            return Ok(Leadership { receiver });
+            return Ok(Leadership { receiver, task });
         }
         tracing::info!(lease = %config.name, identity = %config.identity, "waiting for leadership");
         if receiver.changed().await.is_err() {

@@ -89,7 +89,12 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     });
     let metrics_at = http::serve(args.metrics_addr, state.clone()).await?;
     let health_at = http::serve(args.health_addr, state.clone()).await?;
-    tracing::info!(%metrics_at, %health_at, namespace = ?args.namespace, "serving metrics and health");
+    tracing::info!(
+        %metrics_at,
+        %health_at,
+        namespace = args.namespace.as_deref().unwrap_or("<all>"),
+        "serving metrics and health"
+    );
 
     let client = kube::Client::try_default().await?;
     let ctx = Arc::new(Context::new(client.clone(), metrics));
@@ -112,15 +117,18 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         () = &mut stop => return Ok(()),
     };
     tracing::info!(lease = %lease.name, identity = %lease.identity, "leadership acquired");
-    let (lost_tx, lost_rx) = tokio::sync::oneshot::channel::<()>();
+    let (lost_tx, mut lost_rx) = tokio::sync::oneshot::channel::<()>();
+    let lost = leadership.lost();
     let end = async move {
         tokio::select! {
             () = stop => {}
-            () = leadership.lost() => { let _ = lost_tx.send(()); }
+            () = lost => { let _ = lost_tx.send(()); }
         }
     };
     controller::run(ctx, args.namespace, end).await;
-    if lost_rx.await.is_ok() {
+    let was_lost = lost_rx.try_recv().is_ok();
+    leadership.release().await;
+    if was_lost {
         // Exit non-zero so the pod restarts and campaigns again from a clean state.
         return Err("leadership lost".into());
     }

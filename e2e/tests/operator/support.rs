@@ -76,6 +76,22 @@ impl Operator {
         })
     }
 
+    /// SIGTERM, then waits (up to 20 s) for a clean exit; returns the exit code.
+    pub fn terminate(&mut self) -> Result<Option<i32>> {
+        run({
+            let mut kill = Command::new("kill");
+            kill.args(["-TERM", &self.child.id().to_string()]);
+            kill
+        })?;
+        for _ in 0..200 {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status.code());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bail!("operator did not exit within 20 s of SIGTERM")
+    }
+
     /// SIGKILL: no chance to clean up, as when a node dies.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

@@ -5,7 +5,7 @@ use kube::CustomResourceExt;
 
 /// Print the GracefulService CRD as YAML on stdout.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(version)]
 struct Args {}
 
 fn main() -> std::process::ExitCode {
