@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Container, LifecycleHandler};
+use k8s_openapi::api::core::v1::{Container, LifecycleHandler, Pod};
 use nix::sys::signal::Signal;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -17,6 +17,8 @@ use super::{probes, process, timeline};
 /// One container to stop.
 pub struct KillOrder {
     pub key: PodKey,
+    /// The pod, for events about it.
+    pub pod: Pod,
     pub container: Container,
     pub pid: i32,
     pub pod_ip: Ipv4Addr,
@@ -45,7 +47,8 @@ async fn run_prestop(handler: &LifecycleHandler, container: &Container, ip: Ipv4
             .unwrap_or(ip);
         let path = http.path.as_deref().unwrap_or("/");
         return match probes::http_get(host, port, path).await {
-            Ok(status) => format!("http {status}"),
+            Ok(status) if (200..400).contains(&status) => format!("http {status}"),
+            Ok(status) => format!("failed: http {status}"),
             Err(e) => format!("failed: {e}"),
         };
     }
@@ -84,6 +87,10 @@ pub async fn stop(ctx: Arc<AgentContext>, order: KillOrder) {
                 order.grace
             ),
         };
+        if outcome.starts_with("failed") || outcome.starts_with("still running") {
+            let note = format!("PreStopHook of container {name} failed: {outcome}");
+            ctx.event(&order.pod, true, "FailedPreStopHook", "PreStop", note);
+        }
         journal.record(
             &order.key,
             Some(&name),

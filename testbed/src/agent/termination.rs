@@ -77,6 +77,7 @@ impl Worker {
         let Some(pid) = slot.pid else { return };
         let order = KillOrder {
             key: self.key.clone(),
+            pod: self.pod.clone(),
             container: slot.spec.clone(),
             pid,
             pod_ip: self.net.ip,
