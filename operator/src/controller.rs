@@ -15,26 +15,24 @@ use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 
+use crate::cluster::{
+    SERVICE_NAME_LABEL, apply, observe, ready_endpoints, terminating_pods, write_status,
+};
 use crate::crd::{GracefulService, GracefulServiceStatus, MANAGED_SELECTOR, NAME_KEY};
 use crate::error::Error;
 use crate::manifests::{Owner, deployment, pdb, service};
 use crate::metrics::Metrics;
-use crate::planner::{self, DeploymentObservation, Observation, StepPolicy};
+use crate::planner::{self, Observation, StepPolicy};
 use crate::{FIELD_MANAGER, status, validation};
 
 /// Requeue of a refused spec: the spec changing triggers a reconcile anyway.
 pub const INVALID_REQUEUE: Duration = Duration::from_secs(300);
-/// Label the EndpointSlice controller puts on the slices of a Service.
-const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
 /// Shared by all reconciles.
 pub struct Context {
@@ -343,32 +341,6 @@ fn secs(seconds: i32) -> Duration {
     Duration::from_secs(u64::try_from(seconds).unwrap_or(0))
 }
 
-/// Server-side apply with the operator's field manager, forcing ownership (drift is reverted).
-async fn apply<K>(api: &Api<K>, name: &str, object: &K) -> Result<K, Error>
-where
-    K: Resource + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
-{
-    let params = PatchParams::apply(FIELD_MANAGER).force();
-    Ok(api.patch(name, &params, &Patch::Apply(object)).await?)
-}
-
-async fn write_status(
-    client: &Client,
-    owner: &Owner,
-    status: &GracefulServiceStatus,
-) -> Result<(), Error> {
-    let api: Api<GracefulService> = Api::namespaced(client.clone(), &owner.namespace);
-    let body = serde_json::json!({
-        "apiVersion": "graceful.dev/v1alpha1",
-        "kind": "GracefulService",
-        "status": status,
-    });
-    let params = PatchParams::apply(FIELD_MANAGER).force();
-    api.patch_status(&owner.name, &params, &Patch::Apply(&body))
-        .await?;
-    Ok(())
-}
-
 async fn publish(
     ctx: &Context,
     gsvc: &GracefulService,
@@ -388,52 +360,6 @@ async fn publish(
     if let Err(error) = ctx.recorder.publish(&event, &gsvc.object_ref(&())).await {
         tracing::warn!(%error, reason, "could not publish event");
     }
-}
-
-/// The planner's view of a Deployment.
-pub fn observe(d: &Deployment) -> DeploymentObservation {
-    let status = d.status.clone().unwrap_or_default();
-    DeploymentObservation {
-        spec_replicas: d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1),
-        generation: d.metadata.generation.unwrap_or(0),
-        observed_generation: status.observed_generation.unwrap_or(0),
-        replicas: status.replicas.unwrap_or(0),
-        ready_replicas: status.ready_replicas.unwrap_or(0),
-        updated_replicas: status.updated_replicas.unwrap_or(0),
-        available_replicas: status.available_replicas.unwrap_or(0),
-        progress_deadline_exceeded: status.conditions.unwrap_or_default().iter().any(|c| {
-            c.type_ == "Progressing" && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
-        }),
-    }
-}
-
-async fn terminating_pods(client: &Client, ns: &str, name: &str) -> Result<i32, Error> {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    let list = pods
-        .list(&ListParams::default().labels(&status::selector(name)))
-        .await?;
-    let count = list
-        .items
-        .iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_some())
-        .count();
-    Ok(i32::try_from(count).unwrap_or(i32::MAX))
-}
-
-/// Ready endpoints over the Service's EndpointSlices (a missing `ready` counts as ready, as the
-/// API documents; a terminating endpoint is never ready).
-async fn ready_endpoints(client: &Client, ns: &str, name: &str) -> Result<i32, Error> {
-    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), ns);
-    let list = slices
-        .list(&ListParams::default().labels(&format!("{SERVICE_NAME_LABEL}={name}")))
-        .await?;
-    let count = list
-        .items
-        .iter()
-        .flat_map(|s| s.endpoints.iter())
-        .filter(|e| e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true))
-        .count();
-    Ok(i32::try_from(count).unwrap_or(i32::MAX))
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 //! Pure decisions ([`manifests`], [`planner`], [`validation`], [`status`]) are separate from the
 //! Kubernetes I/O in [`controller`].
 
+pub mod cluster;
 pub mod controller;
 pub mod crd;
 pub mod error;

@@ -9,6 +9,8 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
+mod defaults;
+
 /// API group of the resource.
 pub const GROUP: &str = "graceful.dev";
 /// Image of the bundled app, used when the spec names none.
@@ -67,11 +69,11 @@ pub const DEFAULT_IMAGE: &str = "ghcr.io/graceful-dev/graceful-app:0.1.0";
 #[serde(rename_all = "camelCase")]
 pub struct GracefulServiceSpec {
     /// Number of pods wanted. Scale-up goes straight there; scale-down walks there in settled steps.
-    #[serde(default = "default_replicas")]
+    #[serde(default = "defaults::replicas")]
     #[schemars(range(min = 0))]
     pub replicas: i32,
     /// Container image; its repository decides which program runs.
-    #[serde(default = "default_image")]
+    #[serde(default = "defaults::image")]
     #[schemars(length(min = 1, max = 512))]
     pub image: String,
     /// Arguments passed to the container.
@@ -109,11 +111,11 @@ pub struct GracefulServiceSpec {
 #[x_kube(validation = Rule::new("self.main != self.admin").message("ports.main and ports.admin must differ"))]
 pub struct PortsSpec {
     /// Port of the main listener, the only one the Service exposes.
-    #[serde(default = "default_main_port")]
+    #[serde(default = "defaults::main_port")]
     #[schemars(range(min = 1, max = 65535))]
     pub main: i32,
     /// Port of the admin listener (preStop, probes, metrics); never exposed through the Service.
-    #[serde(default = "default_admin_port")]
+    #[serde(default = "defaults::admin_port")]
     #[schemars(range(min = 1, max = 65535))]
     pub admin: i32,
 }
@@ -123,17 +125,17 @@ pub struct PortsSpec {
 #[serde(rename_all = "camelCase")]
 pub struct PathsSpec {
     /// Path the preStop hook calls; it flips readiness and holds for the drain delay.
-    #[serde(default = "default_prestop_path")]
+    #[serde(default = "defaults::prestop_path")]
     #[schemars(length(min = 1, max = 256))]
     #[x_kube(validation = Rule::new("self.startsWith('/')").message("paths.preStop must start with '/'"))]
     pub pre_stop: String,
     /// Path of the readiness probe.
-    #[serde(default = "default_readiness_path")]
+    #[serde(default = "defaults::readiness_path")]
     #[schemars(length(min = 1, max = 256))]
     #[x_kube(validation = Rule::new("self.startsWith('/')").message("paths.readiness must start with '/'"))]
     pub readiness: String,
     /// Path of the liveness probe.
-    #[serde(default = "default_liveness_path")]
+    #[serde(default = "defaults::liveness_path")]
     #[schemars(length(min = 1, max = 256))]
     #[x_kube(validation = Rule::new("self.startsWith('/')").message("paths.liveness must start with '/'"))]
     pub liveness: String,
@@ -171,15 +173,15 @@ pub struct ServiceSpec {
 #[x_kube(validation = Rule::new("self.terminationGracePeriodSeconds > self.drainDelaySeconds + self.maxRequestSeconds").message("shutdown.terminationGracePeriodSeconds must exceed drainDelaySeconds + maxRequestSeconds"))]
 pub struct ShutdownSpec {
     /// How long the preStop hook holds after flipping readiness, so every proxy drops the endpoint first.
-    #[serde(default = "default_drain_delay")]
+    #[serde(default = "defaults::drain_delay")]
     #[schemars(range(min = 0, max = 3600))]
     pub drain_delay_seconds: i32,
     /// Duration of the longest request the app serves; in-flight requests get this long to finish.
-    #[serde(default = "default_max_request")]
+    #[serde(default = "defaults::max_request")]
     #[schemars(range(min = 1, max = 3600))]
     pub max_request_seconds: i32,
     /// The pod's termination grace period; covers the drain delay plus the longest request.
-    #[serde(default = "default_grace")]
+    #[serde(default = "defaults::grace")]
     #[schemars(range(min = 1, max = 7200))]
     pub termination_grace_period_seconds: i32,
 }
@@ -190,10 +192,10 @@ pub struct ShutdownSpec {
 #[x_kube(validation = Rule::new("!((type(self.maxSurge) == string ? self.maxSurge == '0%' : self.maxSurge == 0) && (type(self.maxUnavailable) == string ? self.maxUnavailable == '0%' : self.maxUnavailable == 0))").message("rollout.maxSurge and rollout.maxUnavailable must not both be 0"))]
 pub struct RolloutSpec {
     /// Pods created above the desired count during a rollout (number or percentage).
-    #[serde(default = "default_max_surge")]
+    #[serde(default = "defaults::max_surge")]
     pub max_surge: IntOrString,
     /// Pods allowed to be unavailable during a rollout (number or percentage).
-    #[serde(default = "default_max_unavailable")]
+    #[serde(default = "defaults::max_unavailable")]
     pub max_unavailable: IntOrString,
     /// Seconds a new pod must be ready before it counts as available.
     #[serde(default)]
@@ -206,7 +208,7 @@ pub struct RolloutSpec {
 #[serde(rename_all = "camelCase")]
 pub struct ScaleDownSpec {
     /// Pods removed per step.
-    #[serde(default = "default_step_size")]
+    #[serde(default = "defaults::step_size")]
     #[schemars(range(min = 1))]
     #[x_kube(validation = Rule::new("self >= 1").message("scaleDown.stepSize must be at least 1"))]
     pub step_size: i32,
@@ -215,7 +217,7 @@ pub struct ScaleDownSpec {
     #[schemars(range(min = 0, max = 86400))]
     pub min_step_interval_seconds: i32,
     /// A step not settled after this many seconds marks the resource Degraded.
-    #[serde(default = "default_step_timeout")]
+    #[serde(default = "defaults::step_timeout")]
     #[schemars(range(min = 1, max = 86400))]
     pub step_timeout_seconds: i32,
 }
@@ -264,116 +266,6 @@ pub struct GracefulServiceStatus {
     /// When the last scale-down step was applied; the minimum interval and step timeout count from here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_step_time: Option<Time>,
-}
-
-fn default_replicas() -> i32 {
-    1
-}
-fn default_image() -> String {
-    DEFAULT_IMAGE.to_string()
-}
-fn default_main_port() -> i32 {
-    8080
-}
-fn default_admin_port() -> i32 {
-    9090
-}
-fn default_prestop_path() -> String {
-    "/prestop".to_string()
-}
-fn default_readiness_path() -> String {
-    "/readyz".to_string()
-}
-fn default_liveness_path() -> String {
-    "/livez".to_string()
-}
-fn default_drain_delay() -> i32 {
-    5
-}
-fn default_max_request() -> i32 {
-    10
-}
-fn default_grace() -> i32 {
-    30
-}
-fn default_max_surge() -> IntOrString {
-    IntOrString::String("25%".to_string())
-}
-fn default_max_unavailable() -> IntOrString {
-    IntOrString::Int(0)
-}
-fn default_step_size() -> i32 {
-    1
-}
-fn default_step_timeout() -> i32 {
-    300
-}
-
-impl Default for PortsSpec {
-    fn default() -> Self {
-        Self {
-            main: default_main_port(),
-            admin: default_admin_port(),
-        }
-    }
-}
-
-impl Default for PathsSpec {
-    fn default() -> Self {
-        Self {
-            pre_stop: default_prestop_path(),
-            readiness: default_readiness_path(),
-            liveness: default_liveness_path(),
-        }
-    }
-}
-
-impl Default for ShutdownSpec {
-    fn default() -> Self {
-        Self {
-            drain_delay_seconds: default_drain_delay(),
-            max_request_seconds: default_max_request(),
-            termination_grace_period_seconds: default_grace(),
-        }
-    }
-}
-
-impl Default for RolloutSpec {
-    fn default() -> Self {
-        Self {
-            max_surge: default_max_surge(),
-            max_unavailable: default_max_unavailable(),
-            min_ready_seconds: 0,
-        }
-    }
-}
-
-impl Default for ScaleDownSpec {
-    fn default() -> Self {
-        Self {
-            step_size: default_step_size(),
-            min_step_interval_seconds: 0,
-            step_timeout_seconds: default_step_timeout(),
-        }
-    }
-}
-
-impl Default for GracefulServiceSpec {
-    fn default() -> Self {
-        Self {
-            replicas: default_replicas(),
-            image: default_image(),
-            args: Vec::new(),
-            env: Vec::new(),
-            resources: None,
-            ports: PortsSpec::default(),
-            paths: PathsSpec::default(),
-            service: ServiceSpec::default(),
-            shutdown: ShutdownSpec::default(),
-            rollout: RolloutSpec::default(),
-            scale_down: ScaleDownSpec::default(),
-        }
-    }
 }
 
 impl ShutdownSpec {
