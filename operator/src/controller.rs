@@ -166,6 +166,10 @@ impl Context {
 /// One reconcile of one GracefulService.
 pub async fn reconcile(gsvc: Arc<GracefulService>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _timer = ctx.metrics.start_reconcile();
+    if gsvc.metadata.deletion_timestamp.is_some() {
+        // Garbage collection removes the children; re-applying them now would race it.
+        return Ok(Action::await_change());
+    }
     let owner = Owner::of(&gsvc)?;
     let problems = validation::check(&gsvc.spec);
     if !problems.is_empty() {
