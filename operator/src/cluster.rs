@@ -1,5 +1,6 @@
 //! The API reads and writes of a reconcile: server-side apply, status, and the observations the
-//! planner needs (Deployment counts, terminating pods, ready endpoints).
+//! planner needs (Deployment counts, terminating pods, ready endpoints), and the pods'
+//! deletion-cost annotation.
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
@@ -13,6 +14,7 @@ use crate::crd::{GracefulService, GracefulServiceStatus};
 use crate::error::Error;
 use crate::manifests::Owner;
 use crate::planner::DeploymentObservation;
+use crate::victims::DELETION_COST;
 use crate::{FIELD_MANAGER, status};
 
 /// Label the EndpointSlice controller puts on the slices of a Service.
@@ -61,17 +63,42 @@ pub fn observe(d: &Deployment) -> DeploymentObservation {
     }
 }
 
-pub async fn terminating_pods(client: &Client, ns: &str, name: &str) -> Result<i32, Error> {
+/// The pods of the service `name` (terminating ones included).
+pub async fn pods_of(client: &Client, ns: &str, name: &str) -> Result<Vec<Pod>, Error> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let list = pods
         .list(&ListParams::default().labels(&status::selector(name)))
         .await?;
-    let count = list
-        .items
+    Ok(list.items)
+}
+
+/// Pods with a deletion timestamp.
+pub fn terminating_pods(pods: &[Pod]) -> i32 {
+    let count = pods
         .iter()
         .filter(|p| p.metadata.deletion_timestamp.is_some())
         .count();
-    Ok(i32::try_from(count).unwrap_or(i32::MAX))
+    i32::try_from(count).unwrap_or(i32::MAX)
+}
+
+/// Sets (Some) or removes (None) a pod's `controller.kubernetes.io/pod-deletion-cost`. A JSON
+/// merge patch rather than an apply: a pod that vanished meanwhile answers 404 (ignored here)
+/// instead of an apply trying to create it. Only the annotation is sent.
+pub async fn set_deletion_cost(
+    client: &Client,
+    ns: &str,
+    pod: &str,
+    cost: Option<&str>,
+) -> Result<(), Error> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let body = serde_json::json!({"metadata": {"annotations": {DELETION_COST: cost}}});
+    match pods
+        .patch(pod, &PatchParams::default(), &Patch::Merge(&body))
+        .await
+    {
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        other => other.map(|_| ()).map_err(Error::from),
+    }
 }
 
 /// Ready endpoints over the Service's EndpointSlices (a missing `ready` counts as ready, as the

@@ -22,11 +22,12 @@ use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
 
 use crate::cluster::{
-    SERVICE_NAME_LABEL, apply, observe, ready_endpoints, terminating_pods, write_status,
+    SERVICE_NAME_LABEL, apply, observe, pods_of, ready_endpoints, terminating_pods, write_status,
 };
 use crate::crd::{GracefulService, GracefulServiceStatus, MANAGED_SELECTOR, NAME_KEY};
 use crate::error::Error;
 use crate::manifests::{Owner, deployment, pdb, service};
+use crate::marking;
 use crate::metrics::Metrics;
 use crate::planner::{self, Observation, StepPolicy};
 use crate::{FIELD_MANAGER, status, validation};
@@ -224,12 +225,13 @@ async fn apply_and_step(
     )
     .await?;
 
+    let pods = pods_of(client, ns, &owner.name).await?;
     let now = Timestamp::now();
     let previous = gsvc.status.as_ref();
     let observation = Observation {
         desired: spec.replicas,
         deployment: observe(&applied),
-        terminating_pods: terminating_pods(client, ns, &owner.name).await?,
+        terminating_pods: terminating_pods(&pods),
         ready_endpoints: ready_endpoints(client, ns, &owner.name).await?,
         now,
         last_step_time: previous
@@ -246,6 +248,13 @@ async fn apply_and_step(
         tracing::debug!(gsvc = %owner.name, replicas = decision.replicas, reason = %wait.message(), "holding");
     }
     if let Some(step) = decision.step {
+        // Mark the idlest pods so the ReplicaSet controller removes them (with the feature off,
+        // only marks of an earlier interrupted step are taken back).
+        let count = match spec.scale_down.prefer_idle_pods {
+            true => usize::try_from(step.from - step.to).unwrap_or(0),
+            false => 0,
+        };
+        marking::mark_idlest(client, ns, &pods, spec.ports.admin, count).await;
         apply(
             &deployments,
             &owner.name,

@@ -50,6 +50,9 @@ pub(super) fn step_size() -> i32 {
 pub(super) fn step_timeout() -> i32 {
     300
 }
+pub(super) fn prefer_idle_pods() -> bool {
+    true
+}
 
 impl Default for PortsSpec {
     fn default() -> Self {
@@ -96,6 +99,7 @@ impl Default for ScaleDownSpec {
             step_size: step_size(),
             min_step_interval_seconds: 0,
             step_timeout_seconds: step_timeout(),
+            prefer_idle_pods: prefer_idle_pods(),
         }
     }
 }

@@ -220,6 +220,11 @@ pub struct ScaleDownSpec {
     #[serde(default = "defaults::step_timeout")]
     #[schemars(range(min = 1, max = 86400))]
     pub step_timeout_seconds: i32,
+    /// Before each step, read every pod's requests in flight from the app's /metrics and give the
+    /// idlest pods the lowest `controller.kubernetes.io/pod-deletion-cost`, so the ReplicaSet
+    /// controller removes them. Best effort: a pod whose metrics cannot be read counts as busy.
+    #[serde(default = "defaults::prefer_idle_pods")]
+    pub prefer_idle_pods: bool,
 }
 
 /// Phase shown in `kubectl get gsvc`.
