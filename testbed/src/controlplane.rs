@@ -19,7 +19,6 @@ use crate::process::Children;
 pub const SERVICE_CIDR: &str = "10.96.0.0/16";
 /// The first service address, the `kubernetes` Service's cluster IP.
 pub const SERVICE_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 1);
-pub const NODE_PORT_RANGE: &str = "30000-32767";
 
 /// The controllers that matter for Deployments, Services, PDBs, HPAs and namespaces. Node
 /// lifecycle and taint eviction are left out (they evict pods of nodes without kubelet
@@ -29,6 +28,20 @@ endpointslice-controller,endpoints-controller,disruption-controller,\
 garbage-collector-controller,namespace-controller,serviceaccount-controller,\
 serviceaccount-token-controller,root-ca-certificate-publisher-controller,\
 clusterrole-aggregation-controller,horizontal-pod-autoscaler-controller";
+
+/// Audit policy: metadata of every write (who, verb, resource, subresource, code), nothing for
+/// reads, so that tests and benchmarks can count each client's writes at the API server.
+const AUDIT_POLICY: &str = "apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+- level: Metadata
+  verbs: [create, update, patch, delete, deletecollection]
+- level: None
+";
+
+/// The audit log of writes, `<run>/logs/audit.log` (JSON lines, `audit.k8s.io/v1` Events).
+pub const AUDIT_LOG: &str = "logs/audit.log";
 
 const ETCD_READY: Duration = Duration::from_secs(30);
 const APISERVER_READY: Duration = Duration::from_secs(120);
@@ -50,6 +63,7 @@ pub async fn start(
     pki: &Pki,
     run_dir: &Path,
     gateway: Ipv4Addr,
+    node_ports: (u16, u16),
     children: &Children,
 ) -> Result<ControlPlane> {
     let logs = run_dir.join("logs");
@@ -84,6 +98,8 @@ pub async fn start(
     )
     .await?;
 
+    let audit_policy = run_dir.join("audit-policy.yaml");
+    std::fs::write(&audit_policy, AUDIT_POLICY)?;
     let apiserver_port = free_port(gateway)?;
     let server = format!("https://{gateway}:{apiserver_port}");
     let path = |p: &Path| p.to_string_lossy().into_owned();
@@ -97,7 +113,10 @@ pub async fn start(
         ("client-ca-file", &path(&pki.ca_cert)),
         ("authorization-mode", "RBAC"),
         ("service-cluster-ip-range", SERVICE_CIDR),
-        ("service-node-port-range", NODE_PORT_RANGE),
+        (
+            "service-node-port-range",
+            &format!("{}-{}", node_ports.0, node_ports.1),
+        ),
         (
             "service-account-issuer",
             "https://kubernetes.default.svc.cluster.local",
@@ -110,6 +129,8 @@ pub async fn start(
         ("disable-admission-plugins", "TaintNodesByCondition"),
         ("cert-dir", &path(&run_dir.join("apiserver-certs"))),
         ("profiling", "false"),
+        ("audit-policy-file", &path(&audit_policy)),
+        ("audit-log-path", &path(&run_dir.join(AUDIT_LOG))),
     ]);
     children.start(
         "kube-apiserver",
@@ -186,6 +207,27 @@ pub async fn start(
         server,
         kubeconfig,
     })
+}
+
+/// Stops kube-apiserver (SIGTERM, SIGKILL after 5 s) and starts it again with the same flags:
+/// same port, certificates and etcd. Returns once `/readyz` answers `ok` again. Clients see
+/// their connections closed and refused until then, as in a control-plane upgrade.
+pub async fn restart_apiserver(
+    run_dir: &Path,
+    kubeconfig: &Path,
+    children: &Children,
+) -> Result<()> {
+    let started = Instant::now();
+    let pid =
+        tokio::task::block_in_place(|| children.restart("kube-apiserver", Duration::from_secs(5)))?;
+    let log = run_dir.join("logs/kube-apiserver.log");
+    wait_for_readyz(kubeconfig, children, &log).await?;
+    tracing::info!(
+        pid,
+        seconds = started.elapsed().as_secs_f32(),
+        "kube-apiserver restarted"
+    );
+    Ok(())
 }
 
 fn flags(pairs: &[(&str, &str)]) -> Vec<String> {

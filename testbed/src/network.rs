@@ -19,6 +19,21 @@ pub struct NetworkPlan {
     pub gateway: Ipv4Addr,
     /// The pods' subnet, `10.213.<slot>.0/24`.
     pub pod_cidr: String,
+    /// The API server's `--service-node-port-range` (first, last), see [`node_port_range`].
+    pub node_ports: (u16, u16),
+}
+
+/// Node ports per run: the service proxy listens on `127.0.0.1:<nodePort>`, shared by all runs
+/// on the machine, so each run's API server hands out ports from its own block.
+pub const NODE_PORTS_PER_RUN: u16 = 100;
+
+/// The block of node ports of `slot`: `30000 + (slot mod 27) * 100` to that plus 99. All blocks
+/// lie within Kubernetes' default range 30000-32767 (which the CRD's `service.nodePort` schema
+/// also enforces); 27 consecutive slots get disjoint blocks (slot 27 gets 30000-30099, slots
+/// 1-26 get 30100-32699), and more runs than that at once do not happen on one machine.
+pub fn node_port_range(slot: u8) -> (u16, u16) {
+    let first = 30000 + (u16::from(slot) % 27) * NODE_PORTS_PER_RUN;
+    (first, first + NODE_PORTS_PER_RUN - 1)
 }
 
 /// Prefix shared by all runs' bridges and namespaces, so a person can list them.
@@ -31,6 +46,7 @@ impl NetworkPlan {
             netns_prefix: format!("{NAME_PREFIX}{slot}-"),
             gateway: Ipv4Addr::new(10, 213, slot, 1),
             pod_cidr: format!("10.213.{slot}.0/24"),
+            node_ports: node_port_range(slot),
         }
     }
 
@@ -166,6 +182,20 @@ fn overlaps(a: (Ipv4Addr, u8), b: (Ipv4Addr, u8)) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn node_port_blocks_are_disjoint_and_within_the_default_range() {
+        let blocks: Vec<(u16, u16)> = (1..=27).map(node_port_range).collect();
+        for (k, (first, last)) in blocks.iter().enumerate() {
+            assert!(*first >= 30000 && *last <= 32767, "{first}-{last}");
+            assert_eq!(last - first + 1, NODE_PORTS_PER_RUN);
+            for (other_first, other_last) in &blocks[k + 1..] {
+                assert!(last < other_first || other_last < first, "blocks overlap");
+            }
+        }
+        assert_eq!(node_port_range(1), (30100, 30199));
+        assert_eq!(node_port_range(254), node_port_range(254 - 27));
+    }
 
     #[test]
     fn plan_names_fit_linux_limits() {

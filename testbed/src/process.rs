@@ -73,6 +73,9 @@ pub fn spawn_guarded(mut command: Command) -> io::Result<Child> {
 pub struct Supervised {
     pub name: String,
     pub log: PathBuf,
+    /// Program and arguments, kept so that the child can be started again the same way.
+    program: PathBuf,
+    args: Vec<String>,
     child: Child,
     exited: Option<ExitStatus>,
 }
@@ -98,6 +101,8 @@ impl Supervised {
         Ok(Self {
             name: name.to_string(),
             log: log.to_path_buf(),
+            program: program.to_path_buf(),
+            args: args.to_vec(),
             child,
             exited: None,
         })
@@ -189,6 +194,24 @@ impl Children {
         Ok(pid)
     }
 
+    /// Stops the child named `name` (SIGTERM, SIGKILL after `grace`) and starts it again with
+    /// the same program, arguments and log file; returns the new pid. Used by tests that need a
+    /// component to go away and come back (e.g. kube-apiserver) while the run goes on.
+    pub fn restart(&self, name: &str, grace: Duration) -> Result<u32> {
+        let mut list = self.lock();
+        let child = list
+            .iter_mut()
+            .find(|child| child.name == name)
+            .with_context(|| format!("no child named {name}"))?;
+        child.stop(grace);
+        let fresh = Supervised::start(&child.name, &child.program, &child.args, &child.log)?;
+        let pid = fresh.pid();
+        *child = fresh;
+        drop(list);
+        (self.on_start)(pid, name);
+        Ok(pid)
+    }
+
     /// An error naming the log of the first child that has exited, if any.
     pub fn ensure_running(&self) -> Result<()> {
         self.lock()
@@ -271,6 +294,25 @@ mod tests {
         child.stop(Duration::from_secs(2));
         assert!(child.exit_status().is_some());
         assert!(child.ensure_running().is_err());
+        std::fs::remove_dir_all(&dir)?;
+        Ok(())
+    }
+
+    #[test]
+    fn restart_replaces_the_child_with_the_same_command() -> Result<()> {
+        let dir = std::env::temp_dir().join(format!("testbed-restart-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let log = dir.join("sleep.log");
+        let children = Children::new(|_, _| {});
+        let first = children.start("sleep", Path::new("sleep"), &["30".into()], &log)?;
+        let second = children.restart("sleep", Duration::from_secs(2))?;
+        assert_ne!(first, second);
+        assert!(!is_alive(first as i32), "old child still runs");
+        assert!(is_alive(second as i32));
+        assert!(children.ensure_running().is_ok());
+        assert!(children.restart("nothing", Duration::from_secs(1)).is_err());
+        children.stop_all(|_| Duration::from_secs(2));
+        assert!(!is_alive(second as i32));
         std::fs::remove_dir_all(&dir)?;
         Ok(())
     }

@@ -54,9 +54,16 @@ pub struct RunInfo {
     pub netns_prefix: String,
     pub controlplane_dir: PathBuf,
     pub supervisor_pid: u32,
+    /// The API server's `--service-node-port-range` (first, last).
+    #[serde(default)]
+    pub node_ports: (u16, u16),
 }
 
 pub const RUN_INFO_FILE: &str = "testbed.json";
+
+/// `<run dir>/<this>` gets one line (`<unix ms> <seconds>`) each time kube-apiserver has been
+/// restarted on SIGUSR1 and answers ready again; the fixture waits for the line.
+pub const APISERVER_RESTARTS_FILE: &str = "apiserver-restarts";
 
 const NODES_READY: Duration = Duration::from_secs(60);
 
@@ -163,7 +170,15 @@ async fn start_and_watch(
         "testbed: starting the control plane (logs in {}/logs)",
         run_dir.display()
     );
-    let cp = controlplane::start(&bins, &pki, run_dir, plan.gateway, children).await?;
+    let cp = controlplane::start(
+        &bins,
+        &pki,
+        run_dir,
+        plan.gateway,
+        plan.node_ports,
+        children,
+    )
+    .await?;
     let agent = start_agent(args, run_dir, plan, &cp, &pki.ca_cert, children)?;
     start_proxy(args, run_dir, &cp, children)?;
     if agent {
@@ -181,6 +196,7 @@ async fn start_and_watch(
         netns_prefix: plan.netns_prefix.clone(),
         controlplane_dir: bins.dir.clone(),
         supervisor_pid: std::process::id(),
+        node_ports: plan.node_ports,
     };
     std::fs::write(
         run_dir.join(RUN_INFO_FILE),
@@ -196,9 +212,26 @@ async fn start_and_watch(
     writeln!(stdout, "KUBECONFIG={}", cp.kubeconfig.display())?;
     stdout.flush()?;
     drop(stdout);
+    // SIGUSR1 restarts kube-apiserver (tests of clients that must survive it).
+    let mut usr1 = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())?;
     loop {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        children.ensure_running()?;
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => children.ensure_running()?,
+            Some(()) = usr1.recv() => {
+                let started = Instant::now();
+                controlplane::restart_apiserver(run_dir, &cp.kubeconfig, children).await?;
+                let line = format!(
+                    "{} {:.3}\n",
+                    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis(),
+                    started.elapsed().as_secs_f64()
+                );
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(run_dir.join(APISERVER_RESTARTS_FILE))?
+                    .write_all(line.as_bytes())?;
+            }
+        }
     }
 }
 
