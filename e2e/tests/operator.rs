@@ -3,6 +3,8 @@
 //! Every test makes its own namespace and runs its own operator process scoped to it
 //! (`--namespace`), so tests run in parallel without sharing a controller.
 
+#[path = "operator/idlest.rs"]
+mod idlest;
 #[path = "operator/invalid.rs"]
 mod invalid;
 #[path = "operator/recording.rs"]
