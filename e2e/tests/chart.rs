@@ -309,6 +309,8 @@ fn can_i_checks(tb: &testbed::Testbed, ns: &str) -> anyhow::Result<()> {
         &["patch", "services", "-n", "team-a"],
         &["patch", "poddisruptionbudgets.policy", "-n", "team-a"],
         &["watch", "pods", "--all-namespaces"],
+        // The pod-deletion-cost annotation of the idlest pods (scaleDown.preferIdlePods).
+        &["patch", "pods", "-n", "team-a"],
         &[
             "watch",
             "endpointslices.discovery.k8s.io",
@@ -323,7 +325,6 @@ fn can_i_checks(tb: &testbed::Testbed, ns: &str) -> anyhow::Result<()> {
         &["get", "configmaps", "-n", "team-a"],
         &["create", "pods", "-n", "team-a"],
         &["delete", "pods", "-n", "team-a"],
-        &["patch", "pods", "-n", "team-a"],
         &["delete", "deployments.apps", "-n", "team-a"],
         &["patch", "gracefulservices.graceful.dev", "-n", "team-a"],
         &["delete", "gracefulservices.graceful.dev", "-n", "team-a"],
