@@ -38,6 +38,7 @@ fn params() -> Params {
         min_tail: Duration::from_secs(3),
         change_timeout: Duration::from_secs(180),
         max_requests: 100_000,
+        prefer_idle_pods: true,
     }
 }
 

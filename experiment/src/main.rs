@@ -54,6 +54,9 @@ struct Args {
     /// Bound on requests per run.
     #[arg(long, default_value_t = 5_000_000)]
     max_requests: u64,
+    /// `spec.scaleDown.preferIdlePods` of the GracefulService: the idlest pods go first.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    prefer_idle_pods: bool,
     /// Handler time of the app, in milliseconds (GRACEFUL_WORK_MS).
     #[arg(long, default_value_t = 1000)]
     work_ms: u64,
@@ -167,6 +170,7 @@ async fn run(args: &Args, cluster: &mut Cluster, command: &str) -> anyhow::Resul
         min_tail: Duration::from_secs(args.min_tail),
         change_timeout: Duration::from_secs(args.change_timeout),
         max_requests: args.max_requests,
+        prefer_idle_pods: args.prefer_idle_pods,
     };
     let scenarios: &[Scenario] = match args.scenario {
         Which::Rollout => &[Scenario::Rollout],

@@ -78,6 +78,8 @@ pub struct Params {
     pub change_timeout: Duration,
     /// Bound on requests per run.
     pub max_requests: u64,
+    /// `spec.scaleDown.preferIdlePods` of the graceful setup (the operator's default is true).
+    pub prefer_idle_pods: bool,
 }
 
 /// The GracefulService's API resource (used untyped: the experiment needs four fields of it).
@@ -104,6 +106,7 @@ pub async fn run(
         replicas: before,
         tag: "v1".into(),
         work_ms: p.work_ms,
+        prefer_idle_pods: p.prefer_idle_pods,
     };
     let changed = match scenario {
         Scenario::Rollout => AppSpec {

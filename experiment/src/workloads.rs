@@ -29,6 +29,8 @@ pub struct AppSpec {
     pub tag: String,
     /// The handler's artificial work time (`GRACEFUL_WORK_MS`).
     pub work_ms: u64,
+    /// `spec.scaleDown.preferIdlePods` of the GracefulService (the naive setup ignores it).
+    pub prefer_idle_pods: bool,
 }
 
 impl AppSpec {
@@ -118,7 +120,7 @@ pub fn naive_service(namespace: &str) -> Service {
 
 /// The graceful setup: a GracefulService with a NodePort Service; everything else (preStop hold,
 /// readiness probe, grace period, stepped scale-down) is the operator's defaults, which is what a
-/// user gets.
+/// user gets, except `preferIdlePods`, which the experiment can turn off to measure it.
 pub fn graceful_service(namespace: &str, app: &AppSpec) -> serde_json::Value {
     json!({
         "apiVersion": "graceful.dev/v1alpha1",
@@ -129,6 +131,7 @@ pub fn graceful_service(namespace: &str, app: &AppSpec) -> serde_json::Value {
             "image": app.image(),
             "env": [{ "name": "GRACEFUL_WORK_MS", "value": app.work_ms.to_string() }],
             "service": { "type": "NodePort" },
+            "scaleDown": { "preferIdlePods": app.prefer_idle_pods },
         }
     })
 }
@@ -142,6 +145,7 @@ mod tests {
             replicas: 10,
             tag: "v1".into(),
             work_ms: 1000,
+            prefer_idle_pods: true,
         }
     }
 
