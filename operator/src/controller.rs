@@ -91,6 +91,7 @@ pub async fn run(
         managed,
         |slice: EndpointSlice| owner_by_label(&slice, SERVICE_NAME_LABEL),
     )
+    .trigger_backoff(crate::watch_backoff::WatchBackoff::default())
     .graceful_shutdown_on(shutdown)
     .run(reconcile, error_policy, ctx)
     .for_each(|result| async move {

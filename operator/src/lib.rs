@@ -18,6 +18,7 @@ pub mod status;
 pub mod telemetry;
 pub mod validation;
 pub mod victims;
+pub mod watch_backoff;
 
 /// The one field manager for every server-side apply the operator makes.
 pub const FIELD_MANAGER: &str = "graceful-operator";
