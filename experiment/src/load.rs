@@ -90,20 +90,21 @@ pub struct Summary {
 }
 
 impl Summary {
-    pub fn of(samples: &[Sample]) -> Summary {
-        let ok: Vec<Duration> = samples
-            .iter()
-            .filter(|s| s.error.is_none())
-            .map(|s| Duration::from_secs_f64(s.latency_ms / 1000.0))
-            .collect();
+    pub fn of<'a>(samples: impl IntoIterator<Item = &'a Sample>) -> Summary {
+        let mut ok = Vec::new();
         let mut error_kinds = BTreeMap::new();
-        for e in samples.iter().filter_map(|s| s.error.clone()) {
-            *error_kinds.entry(e).or_insert(0) += 1;
+        let mut requests = 0u64;
+        for s in samples {
+            requests += 1;
+            match &s.error {
+                None => ok.push(Duration::from_secs_f64(s.latency_ms / 1000.0)),
+                Some(e) => *error_kinds.entry(e.clone()).or_insert(0) += 1,
+            }
         }
         let stats = LatencyStats::from_latencies(&ok);
         Summary {
-            requests: samples.len() as u64,
-            errors: (samples.len() - ok.len()) as u64,
+            requests,
+            errors: requests - ok.len() as u64,
             average_ms: stats.map(|s| ms(s.mean)),
             min_ms: stats.map(|s| ms(s.min)),
             max_ms: stats.map(|s| ms(s.max)),
@@ -136,7 +137,7 @@ mod tests {
 
     #[test]
     fn summary_counts_errors_apart_from_latency() {
-        let sum = Summary::of(&[
+        let sum = Summary::of(&vec![
             s(1000.0, None),
             s(1002.0, None),
             s(3.0, Some("connect_refused")),

@@ -42,6 +42,10 @@ struct Args {
     /// Minimum load time per run, in seconds; the change is applied after a quarter of it.
     #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(4..=3600))]
     duration: u64,
+    /// Seconds at the start of each run left out of the table (clients opening their
+    /// connections all at once); the whole run is reported as well.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=600))]
+    warmup: u64,
     /// Load kept after the change completed, at least, in seconds.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=3600))]
     min_tail: u64,
@@ -167,6 +171,7 @@ async fn run(args: &Args, cluster: &mut Cluster, command: &str) -> anyhow::Resul
         work_ms: args.work_ms,
         clients: args.clients as usize,
         duration: Duration::from_secs(args.duration),
+        warmup: Duration::from_secs(args.warmup),
         min_tail: Duration::from_secs(args.min_tail),
         change_timeout: Duration::from_secs(args.change_timeout),
         max_requests: args.max_requests,

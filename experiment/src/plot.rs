@@ -119,7 +119,7 @@ fn panel(svg: &mut String, run: &RunReport, top: f64, span_ms: f64, bucket_ms: f
     let s = &run.summary;
     let _ = writeln!(
         svg,
-        r#"<text x="{MARGIN_LEFT}" y="{}" font-size="13" font-weight="bold">{}: {} requests, {} errors, max {:.0} ms</text>"#,
+        r#"<text x="{MARGIN_LEFT}" y="{}" font-size="13" font-weight="bold">{}: {} requests, {} errors, max {:.0} ms (after warm-up)</text>"#,
         top - 6.0,
         escape(&run.setup),
         s.requests,
@@ -191,6 +191,7 @@ fn panel(svg: &mut String, run: &RunReport, top: f64, span_ms: f64, bucket_ms: f
         let (color, dash, label) = match &e.kind {
             EventKind::ChangeApplied { what } => ("#ff7f0e", "", Some(what.clone())),
             EventKind::RolloutComplete => ("#2ca02c", "", Some("complete".to_string())),
+            EventKind::WarmupEnded => ("#17becf", "6,2", Some("warm-up end".to_string())),
             EventKind::PodDeletionStarted { .. } => ("#777", "3,3", None),
             EventKind::DeploymentReplicas { replicas } => {
                 ("#9467bd", "1,3", Some(format!("{replicas}")))
@@ -216,7 +217,7 @@ fn panel(svg: &mut String, run: &RunReport, top: f64, span_ms: f64, bucket_ms: f
     }
     let _ = writeln!(
         svg,
-        r##"<text x="{}" y="{}" font-size="10" text-anchor="end" fill="#555">band: min..max per {bucket_ms:.0} ms, line: mean, red: errors, orange: change, grey: pod deletion, purple: Deployment replicas, green: complete</text>"##,
+        r##"<text x="{}" y="{}" font-size="10" text-anchor="end" fill="#555">band: min..max per {bucket_ms:.0} ms, line: mean, red: errors, cyan: warm-up end, orange: change, grey: pod deletion, purple: Deployment replicas, green: complete</text>"##,
         MARGIN_LEFT + plot_w,
         bottom + 32.0
     );

@@ -18,7 +18,11 @@ pub struct RunReport {
     pub replicas_after: i32,
     pub work_ms: u64,
     pub clients: usize,
+    /// Requests started after the warm-up: the table's figures.
     pub summary: Summary,
+    /// Every request, warm-up included.
+    pub whole_run: Summary,
+    pub warmup_ms: f64,
     /// Milliseconds from the change until the rollout (or scale-down) was complete.
     pub change_to_complete_ms: Option<f64>,
     pub events: Vec<Event>,
@@ -57,8 +61,28 @@ pub fn markdown_table(runs: &[RunReport]) -> String {
                 .map_or("-".to_string(), |v| format!("{:.1} s", v / 1000.0)),
         );
     }
+    out.push_str("\nWhole run, warm-up included:\n\n");
+    out.push_str("| scenario | setup | warm-up | requests | average | max | p99 | errors |\n");
+    out.push_str("|---|---|---:|---:|---:|---:|---:|---:|\n");
+    for r in runs {
+        let s = &r.whole_run;
+        let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1} ms"));
+        let _ = writeln!(
+            out,
+            "| {} | {} | {:.0} s | {} | {} | {} | {} | {} |",
+            r.scenario,
+            r.setup,
+            r.warmup_ms / 1000.0,
+            s.requests,
+            ms(s.average_ms),
+            ms(s.max_ms),
+            ms(s.p99_ms),
+            s.errors,
+        );
+    }
     out.push_str(
-        "\nrequests counts every request sent; latency figures are over the successful ones; an error is \
+        "\nThe first table counts requests started after the warm-up (while the clients open \
+         their connections all at once); requests counts every request sent; latency figures are over the successful ones; an error is \
          any request that got no complete 2xx response (refused, reset, closed early, non-2xx, timeout).\n",
     );
     out

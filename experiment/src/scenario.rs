@@ -72,6 +72,10 @@ pub struct Params {
     pub clients: usize,
     /// Minimum load duration; the change is applied after a quarter of it.
     pub duration: Duration,
+    /// Start of the load left out of the table: a thousand clients opening their connections at
+    /// the same instant measure the load generator's start, not the rollout. The whole run, warm-up
+    /// included, is reported too.
+    pub warmup: Duration,
     /// Load kept after the change completed, at least.
     pub min_tail: Duration,
     /// Bound on the change's completion; past it the run fails.
@@ -142,7 +146,13 @@ pub async fn run(
         replicas_after: after,
         work_ms: p.work_ms,
         clients: p.clients,
-        summary: Summary::of(&load.samples),
+        summary: Summary::of(
+            load.samples
+                .iter()
+                .filter(|s| s.start_ms >= p.warmup.as_secs_f64() * 1000.0),
+        ),
+        whole_run: Summary::of(load.samples.iter()),
+        warmup_ms: p.warmup.as_secs_f64() * 1000.0,
         change_to_complete_ms: change.zip(complete).map(|(c, d)| d - c),
         events,
         load,
@@ -198,7 +208,11 @@ async fn drive(
     ));
 
     let outcome = async {
-        tokio::time::sleep(p.duration / 4).await;
+        tokio::time::sleep(p.warmup).await;
+        timeline.record(EventKind::WarmupEnded);
+        // The change comes a quarter into the run, and at least 5 s after the warm-up.
+        let change_at = (p.duration / 4).max(p.warmup + Duration::from_secs(5));
+        tokio::time::sleep(change_at.saturating_sub(origin.elapsed())).await;
         let what = match scenario {
             Scenario::Rollout => format!("image -> {}", changed.image()),
             Scenario::Scaledown => format!("replicas {} -> {}", v1.replicas, changed.replicas),

@@ -14,6 +14,8 @@ use serde::Serialize;
 pub enum EventKind {
     /// The load started (the time origin).
     LoadStarted,
+    /// The warm-up ended: requests from here on make the table.
+    WarmupEnded,
     /// The write that starts the change (new image tag, or replicas 20 -> 1).
     ChangeApplied { what: String },
     /// The Deployment's desired replica count moved (each step of a stepped scale-down).
