@@ -55,9 +55,9 @@ pub struct Config {
     #[arg(long, env = "GRACEFUL_DRAIN_DELAY_MS", default_value_t = 5_000)]
     pub drain_delay_ms: u64,
 
-    /// Bound on the drain after SIGTERM, in milliseconds; past it the process exits 1.
-    #[arg(long, env = "GRACEFUL_SHUTDOWN_TIMEOUT_MS", default_value_t = 20_000,
-          value_parser = clap::value_parser!(u64).range(1..))]
+    /// Bound on the drain after SIGTERM, in milliseconds; past it the process exits 1. 0 is
+    /// accepted (the operator may compute it from a tight grace period) and means no drain.
+    #[arg(long, env = "GRACEFUL_SHUTDOWN_TIMEOUT_MS", default_value_t = 20_000)]
     pub shutdown_timeout_ms: u64,
 
     /// Time a client gets to send complete request headers, in milliseconds. It also bounds how
@@ -169,7 +169,8 @@ mod tests {
     fn rejects_bad_values() {
         assert!(parse(&["--port", "http"]).is_err());
         assert!(parse(&["--log-format", "xml"]).is_err());
-        assert!(parse(&["--shutdown-timeout-ms", "0"]).is_err());
+        assert!(parse(&["--shutdown-timeout-ms", "-1"]).is_err());
+        assert!(parse(&["--header-read-timeout-ms", "0"]).is_err());
         assert!(parse(&["--max-header-bytes", "10"]).is_err());
         assert!(parse(&["--bind", "not-an-ip"]).is_err());
     }

@@ -3,22 +3,43 @@
 
 mod common;
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::SocketAddr;
-use std::process::Command;
-use std::time::Duration;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use common::{App, BIN, ReadEnd, connect, get, read_end, read_response, send_get};
 
+/// Runs the binary with `args` and `env`, bounded: a case that wrongly starts the server (on
+/// loopback, ports picked by the kernel) is killed after 10 s and fails the test.
 fn run_with(args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<(Option<i32>, String)> {
-    let output = Command::new(BIN)
+    let mut child = Command::new(BIN)
         .args(args)
+        .env("GRACEFUL_BIND", "127.0.0.1")
+        .env("GRACEFUL_PORT", "0")
+        .env("GRACEFUL_ADMIN_PORT", "0")
         .envs(env.iter().copied())
-        .output()?;
-    Ok((
-        output.status.code(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    ))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            anyhow::bail!("{args:?} {env:?}: still running after 10 s instead of exiting 2");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let mut stderr = String::new();
+    if let Some(mut pipe) = child.stderr.take() {
+        pipe.read_to_string(&mut stderr)?;
+    }
+    Ok((status.code(), stderr))
 }
 
 /// Flags, environment, and a word the error message must contain.
@@ -31,10 +52,11 @@ fn bad_flags_exit_2_with_a_message() -> anyhow::Result<()> {
         (&["--log-format", "xml"], &[], "xml"),
         (&["--no-such-flag"], &[], "--no-such-flag"),
         (
-            &["--shutdown-timeout-ms", "0"],
+            &["--header-read-timeout-ms", "0"],
             &[],
-            "--shutdown-timeout-ms",
+            "--header-read-timeout-ms",
         ),
+        (&["--drain-delay-ms", "soon"], &[], "--drain-delay-ms"),
         (
             &["--port", "7000", "--admin-port", "7000"],
             &[],
