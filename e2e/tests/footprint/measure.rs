@@ -79,7 +79,7 @@ pub fn bucket_delta(before: &[(f64, f64)], after: &[(f64, f64)]) -> Vec<(f64, f6
 
 /// The q-quantile of cumulative buckets, interpolated linearly inside the bucket it falls in
 /// (as Prometheus' histogram_quantile does); `None` without observations. A quantile in the
-/// +Inf bucket is reported as the highest finite bound.
+/// +Inf bucket is infinite: all the histogram says is that it lies above the last bound.
 pub fn quantile(buckets: &[(f64, f64)], q: f64) -> Option<f64> {
     let total = buckets.last()?.1;
     if total <= 0.0 {
@@ -90,7 +90,7 @@ pub fn quantile(buckets: &[(f64, f64)], q: f64) -> Option<f64> {
     for &(le, count) in buckets {
         if count >= rank {
             if le.is_infinite() {
-                return Some(lower.0);
+                return Some(f64::INFINITY);
             }
             let inside = count - lower.1;
             let fraction = if inside > 0.0 {
@@ -142,4 +142,7 @@ fn quantiles_interpolate_inside_buckets() {
     assert!((quantile(&b, 0.7).unwrap() - 0.055).abs() < 1e-9);
     assert!((quantile(&b, 0.99).unwrap() - 0.91).abs() < 1e-9);
     assert_eq!(quantile(&bucket_delta(&b, &b), 0.5), None);
+    let tail =
+        Scrape::from_text("x_bucket{le=\"5.0\"} 98\nx_bucket{le=\"+Inf\"} 100\n").buckets("x");
+    assert_eq!(quantile(&tail, 0.99), Some(f64::INFINITY));
 }
