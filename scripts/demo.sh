@@ -90,6 +90,8 @@ spec:
   service:
     type: NodePort
 YAML
+# The operator creates the Deployment within a moment; kubectl wait needs it to exist first.
+for _ in $(seq 1 120); do kubectl -n demo get deployment hello >/dev/null 2>&1 && break; sleep 0.5; done
 kubectl -n demo wait --for=condition=Available deployment/hello --timeout=120s
 kubectl -n demo get gsvc,deployment,service,pdb,pods
 node_port=$(kubectl -n demo get service hello -o jsonpath='{.spec.ports[0].nodePort}')
