@@ -72,7 +72,7 @@ pub fn spawn(
     let guard = ctx.metrics.connection_opened(kind);
     let first = Arc::new(FirstRequest::default());
     let service = {
-        let ctx = ctx.clone();
+        let ctx = Arc::new(AppContext::clone(ctx));
         let first = first.clone();
         service_fn(move |request| {
             first.mark();

@@ -14,8 +14,9 @@ use crate::state::Lifecycle;
 /// The response type of both listeners: small, fully buffered bodies.
 pub type HttpResponse = Response<Full<Bytes>>;
 
-/// Shared handler context. Handlers get it as `Arc<AppContext>`: one reference count per
-/// request instead of one per metric.
+/// Handler context. Each connection gets its own copy behind its own `Arc`, so the reference
+/// count that every request bumps is not shared (and bounced) between cores.
+#[derive(Clone)]
 pub struct AppContext {
     pub lifecycle: Lifecycle,
     pub metrics: Metrics,

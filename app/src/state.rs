@@ -3,10 +3,14 @@
 //! Readiness, `Connection: close` and the end of the preStop hold are all read from this one
 //! value, so they can never disagree.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+
 use tokio::sync::watch;
 
 /// Where the process is in its life. Phases only move forward.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u8)]
 pub enum Phase {
     /// Listeners are not bound yet: not ready.
     Starting,
@@ -19,6 +23,15 @@ pub enum Phase {
 }
 
 impl Phase {
+    fn from_u8(value: u8) -> Phase {
+        match value {
+            0 => Phase::Starting,
+            1 => Phase::Serving,
+            2 => Phase::Draining,
+            _ => Phase::Terminating,
+        }
+    }
+
     /// Whether /readyz answers 200.
     pub fn is_ready(self) -> bool {
         self == Phase::Serving
@@ -33,7 +46,11 @@ impl Phase {
 /// Shared handle on the phase.
 #[derive(Clone, Debug)]
 pub struct Lifecycle {
+    /// For waiting on a phase.
     phase: watch::Sender<Phase>,
+    /// The same phase as a plain atomic: every response reads it, and an atomic load does not
+    /// bounce a lock's cache line between cores the way a read lock would.
+    current: Arc<AtomicU8>,
 }
 
 impl Default for Lifecycle {
@@ -46,11 +63,12 @@ impl Lifecycle {
     pub fn new() -> Self {
         Self {
             phase: watch::Sender::new(Phase::Starting),
+            current: Arc::new(AtomicU8::new(Phase::Starting as u8)),
         }
     }
 
     pub fn phase(&self) -> Phase {
-        *self.phase.borrow()
+        Phase::from_u8(self.current.load(Ordering::Acquire))
     }
 
     /// Moves forward to `next`; returns true when this call changed the phase. A phase never
@@ -59,6 +77,7 @@ impl Lifecycle {
         self.phase.send_if_modified(|current| {
             if next > *current {
                 *current = next;
+                self.current.store(next as u8, Ordering::Release);
                 true
             } else {
                 false
