@@ -6,10 +6,12 @@
 //! - [`scenario`]: one scenario x setup from deploy to cleanup
 //! - [`load`]: the keep-alive clients and the table's statistics
 //! - [`timeline`]: the rollout's events on the load's clock
+//! - [`observe`]: watchers that fill the timeline, and the progress line
 //! - [`report`] and [`plot`]: Markdown, JSON and SVG
 
 pub mod cluster;
 pub mod load;
+pub mod observe;
 pub mod plot;
 pub mod report;
 pub mod scenario;

@@ -1,18 +1,15 @@
 //! One scenario with one setup, start to finish: deploy, wait until it serves, start the load,
 //! apply the change, watch it complete, keep the load going a while, stop, clean up.
 
-use std::io::IsTerminal as _;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use futures::StreamExt as _;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use kube::api::{
     ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams,
     PostParams,
 };
-use kube::runtime::watcher;
 use kube::{Api, Client};
 use serde::Serialize;
 
@@ -184,7 +181,7 @@ async fn drive(
     let origin = Instant::now();
     let timeline = Timeline::new(origin);
     timeline.record(EventKind::LoadStarted);
-    let watchers = spawn_watchers(client, ns, timeline.clone());
+    let watchers = crate::observe::spawn_watchers(client, ns, timeline.clone());
     let control = Control::new();
     let cfg = LoadConfig {
         target,
@@ -199,7 +196,7 @@ async fn drive(
         p.clients
     );
     let load_task = tokio::spawn(load::run(cfg, origin, control.clone()));
-    let progress = tokio::spawn(progress(
+    let progress = tokio::spawn(crate::observe::progress(
         format!("{scenario}/{setup}"),
         origin,
         control.clone(),
@@ -368,89 +365,6 @@ async fn wait_serving(target: std::net::SocketAddr, timeout: Duration) -> anyhow
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     Ok(())
-}
-
-/// Watches the namespace's pods and Deployment and records deletions and replica changes.
-fn spawn_watchers(client: &Client, ns: &str, timeline: Timeline) -> tokio::task::JoinHandle<()> {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
-    let t1 = timeline.clone();
-    tokio::spawn(async move {
-        let pod_events = async {
-            let mut deleting = std::collections::HashSet::new();
-            let mut stream = watcher(pods, watcher::Config::default()).boxed();
-            while let Some(ev) = stream.next().await {
-                match ev {
-                    Ok(watcher::Event::Apply(pod)) | Ok(watcher::Event::InitApply(pod)) => {
-                        let name = pod.metadata.name.clone().unwrap_or_default();
-                        if pod.metadata.deletion_timestamp.is_some()
-                            && deleting.insert(name.clone())
-                        {
-                            t1.record(EventKind::PodDeletionStarted { pod: name });
-                        }
-                    }
-                    Ok(watcher::Event::Delete(pod)) => {
-                        let name = pod.metadata.name.clone().unwrap_or_default();
-                        if deleting.insert(name.clone()) {
-                            t1.record(EventKind::PodDeletionStarted { pod: name.clone() });
-                        }
-                        t1.record(EventKind::PodRemoved { pod: name });
-                    }
-                    _ => {}
-                }
-            }
-        };
-        let deployment_events = async {
-            let mut last: Option<i32> = None;
-            let mut stream = watcher(deployments, watcher::Config::default()).boxed();
-            while let Some(ev) = stream.next().await {
-                if let Ok(watcher::Event::Apply(d)) | Ok(watcher::Event::InitApply(d)) = ev {
-                    let replicas = d.spec.and_then(|s| s.replicas).unwrap_or(1);
-                    if last.is_some_and(|l| l != replicas) {
-                        timeline.record(EventKind::DeploymentReplicas { replicas });
-                    }
-                    last = Some(replicas);
-                }
-            }
-        };
-        futures::join!(pod_events, deployment_events);
-    })
-}
-
-/// A status line on stderr: elapsed, requests, errors, rate, pods.
-async fn progress(label: String, origin: Instant, control: Control, client: Client, ns: String) {
-    let tty = std::io::stderr().is_terminal();
-    let pods: Api<Pod> = Api::namespaced(client, &ns);
-    let mut last_sent = 0;
-    let mut tick = 0u64;
-    loop {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        tick += 1;
-        let sent = control.finished();
-        let errors = control.failed();
-        let (running, terminating) = match pods.list(&ListParams::default()).await {
-            Ok(l) => {
-                let t = l
-                    .items
-                    .iter()
-                    .filter(|p| p.metadata.deletion_timestamp.is_some())
-                    .count();
-                (l.items.len() - t, t)
-            }
-            Err(_) => (0, 0),
-        };
-        let line = format!(
-            "  {label}  {:>5.0} s  requests {sent:>8}  errors {errors:>6}  {:>5} req/s  pods {running} (+{terminating} terminating)",
-            origin.elapsed().as_secs_f64(),
-            sent - last_sent,
-        );
-        last_sent = sent;
-        if tty {
-            eprint!("\r{line}   ");
-        } else if tick.is_multiple_of(5) {
-            eprintln!("{line}");
-        }
-    }
 }
 
 async fn recreate_namespace(client: &Client, ns: &str) -> anyhow::Result<()> {
