@@ -16,18 +16,20 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked -p graceful-app -p graceful-operator \
  && mkdir -p /out \
- && cp target/release/graceful-app target/release/graceful-operator target/release/crdgen /out/
+ && cp target/release/graceful-app target/release/graceful-operator /out/
 
 FROM gcr.io/distroless/cc-debian12:nonroot AS app
 COPY --from=build /out/graceful-app /usr/local/bin/graceful-app
 USER 65532:65532
 # 8080: main listener (the Service's port). 9090: admin listener (preStop, probes, metrics).
 EXPOSE 8080 9090
+# JSON logs in production; `--log-format text` for reading by eye.
+ENV GRACEFUL_LOG_FORMAT=json
 ENTRYPOINT ["/usr/local/bin/graceful-app"]
 
 FROM gcr.io/distroless/cc-debian12:nonroot AS operator
 COPY --from=build /out/graceful-operator /usr/local/bin/graceful-operator
 USER 65532:65532
-# 8080: health and metrics.
-EXPOSE 8080
-ENTRYPOINT ["/usr/local/bin/graceful-operator"]
+# 8080: /metrics. 8081: /healthz, /livez, /readyz.
+EXPOSE 8080 8081
+ENTRYPOINT ["/usr/local/bin/graceful-operator", "--log-format=json"]
