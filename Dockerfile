@@ -32,4 +32,5 @@ COPY --from=build /out/graceful-operator /usr/local/bin/graceful-operator
 USER 65532:65532
 # 8080: /metrics. 8081: /healthz, /livez, /readyz.
 EXPOSE 8080 8081
-ENTRYPOINT ["/usr/local/bin/graceful-operator", "--log-format=json"]
+ENV GRACEFUL_OPERATOR_LOG_FORMAT=json
+ENTRYPOINT ["/usr/local/bin/graceful-operator"]
