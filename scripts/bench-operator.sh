@@ -20,6 +20,8 @@ log=$(dirname "$out")/run.log
   tail -40 "$log" >&2
   exit 1
 }
-# The report is everything from its title on (the testbed's own log lines come before).
-sed -n '/^# Operator footprint/,$p' "$log" | awk '!/^test result|^running|^test operator_footprint_report/' >"$out"
+# The report is the last one printed (partial reports go to stderr as the run goes), from its
+# title on; the test harness's own lines are dropped.
+tac "$log" | sed '/^# Operator footprint/q' | tac |
+  awk '!/^test result|^running|^test operator_footprint_report/' >"$out"
 cat "$out"

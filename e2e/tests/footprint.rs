@@ -209,6 +209,12 @@ async fn operator_footprint_report() -> Result<()> {
     let ns = scoped.ns.clone();
     let operator = &scoped.operator;
     let api: Api<GracefulService> = Api::namespaced(client.clone(), &ns);
+    // The operator's RSS once it serves /metrics and has listed its (empty) namespace.
+    eventually(Duration::from_secs(30), "operator /metrics", || async {
+        Ok(Scrape::take(operator.metrics_port).ok().map(|_| ()))
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
     let idle = memory_kib(operator.pid())?;
     let started = Instant::now();
     for i in 0..100 {
