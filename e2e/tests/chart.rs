@@ -29,6 +29,41 @@ fn chart() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/graceful-operator")
 }
 
+/// Every (apiGroup, resource, verb) granted by the Roles and ClusterRoles in a YAML stream.
+fn rbac_rules(yaml: &str) -> anyhow::Result<std::collections::BTreeSet<(String, String, String)>> {
+    let mut out = std::collections::BTreeSet::new();
+    for doc in yaml.split("\n---") {
+        let value: serde_yaml::Value = serde_yaml::from_str(doc)?;
+        let kind = value
+            .get("kind")
+            .and_then(|k| k.as_str())
+            .unwrap_or_default();
+        if kind != "Role" && kind != "ClusterRole" {
+            continue;
+        }
+        let strings = |v: Option<&serde_yaml::Value>| -> Vec<String> {
+            v.and_then(|v| v.as_sequence())
+                .map(|s| {
+                    s.iter()
+                        .filter_map(|x| x.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let rules = value.get("rules").and_then(|r| r.as_sequence());
+        for rule in rules.into_iter().flatten() {
+            for group in strings(rule.get("apiGroups")) {
+                for resource in strings(rule.get("resources")) {
+                    for verb in strings(rule.get("verbs")) {
+                        out.insert((group.clone(), resource.clone(), verb));
+                    }
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
 fn run(mut cmd: Command) -> anyhow::Result<Output> {
     let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
     Ok(out)
@@ -107,6 +142,13 @@ fn chart_lints_and_renders_least_privilege_hardened_manifests() -> anyhow::Resul
         .filter(|l| !l.trim_start().starts_with('#'))
         .collect::<Vec<_>>()
         .join("\n");
+    let operator_rbac = std::fs::read_to_string(chart().join("../../operator/rbac.yaml"))?;
+    let chart_rules = rbac_rules(&rbac)?;
+    ensure!(chart_rules.len() >= 10, "parsed only {chart_rules:?}");
+    ensure!(
+        chart_rules == rbac_rules(&operator_rbac)?,
+        "the chart's RBAC rules differ from operator/rbac.yaml (every permission the operator uses)"
+    );
     ensure!(
         !rbac.contains("secrets"),
         "the chart's RBAC mentions secrets"
