@@ -40,6 +40,10 @@ pub async fn run(config: Config) -> Result<(), AppError> {
     let admin_listener = bind(ListenerKind::Admin, config.bind, config.admin_port).await?;
     let main_addr = local_addr(ListenerKind::Main, &main_listener)?;
     let admin_addr = local_addr(ListenerKind::Admin, &admin_listener)?;
+    // Ready before the announcement: whoever reads the "listening" line may probe /readyz at
+    // once, and both listeners are bound (connections wait in the backlog until the accept
+    // loops run).
+    lifecycle.advance(Phase::Serving);
     announce(main_addr, admin_addr);
 
     let settings = |kind| ConnectionSettings {
@@ -59,7 +63,6 @@ pub async fn run(config: Config) -> Result<(), AppError> {
         settings(ListenerKind::Admin),
         ctx.clone(),
     ));
-    lifecycle.advance(Phase::Serving);
     info!(%main_addr, %admin_addr, "ready");
 
     let signal = signals.next().await;
