@@ -40,6 +40,10 @@ impl Rng {
         self.below(100) < percent
     }
 
+    fn pick_bytes(&mut self, items: &[&'static [u8]]) -> &'static [u8] {
+        items[self.below(items.len())]
+    }
+
     fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
         &items[self.below(items.len())]
     }
@@ -112,7 +116,7 @@ fn mutate(rng: &mut Rng, request: &mut Vec<u8>, mutation: &str) {
             request.truncate(keep);
         }
         "duplicate-headers" => {
-            let extra: &[u8] = *rng.pick(&[
+            let extra: &[u8] = rng.pick_bytes(&[
                 b"Host: a\r\nHost: b\r\n".as_slice(),
                 b"Content-Length: 0\r\nContent-Length: 7\r\n",
                 b"Connection: close\r\nConnection: keep-alive\r\n",
@@ -133,7 +137,7 @@ fn mutate(rng: &mut Rng, request: &mut Vec<u8>, mutation: &str) {
             insert_header(request, format!("Content-Length: {value}\r\n").as_bytes());
         }
         "chunked-garbage" => {
-            let body: &[u8] = *rng.pick(&[
+            let body: &[u8] = rng.pick_bytes(&[
                 b"zz\r\nhello\r\n0\r\n\r\n".as_slice(),
                 b"ffffffffffffffffff\r\nx\r\n",
                 b"5\r\nhel",
@@ -159,7 +163,7 @@ fn mutate(rng: &mut Rng, request: &mut Vec<u8>, mutation: &str) {
             *request = line.into_bytes();
         }
         "invalid-method" => {
-            let method: &[u8] = *rng.pick(&[
+            let method: &[u8] = rng.pick_bytes(&[
                 b"G\x01T".as_slice(),
                 b"get",
                 b"",
@@ -167,7 +171,7 @@ fn mutate(rng: &mut Rng, request: &mut Vec<u8>, mutation: &str) {
                 b"CONNECT",
                 b"OPTIONS",
                 b"TRACE",
-                &[b'X'; 300],
+                b"XXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXX",
             ]);
             let start = request.iter().position(|&b| b == b' ').unwrap_or(0);
             request.splice(..start, method.iter().copied());
@@ -190,7 +194,7 @@ fn mutate(rng: &mut Rng, request: &mut Vec<u8>, mutation: &str) {
         }
         "bare-lf-cr" => {
             let from: &[u8] = b"\r\n";
-            let to: &[u8] = *rng.pick(&[b"\n".as_slice(), b"\r", b"\n\r", b"\r\n "]);
+            let to: &[u8] = rng.pick_bytes(&[b"\n".as_slice(), b"\r", b"\n\r", b"\r\n "]);
             let mut out = Vec::new();
             let mut i = 0;
             while i < request.len() {
