@@ -67,6 +67,13 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1..))]
     pub header_read_timeout_ms: u64,
 
+    /// How long a write to a client may stay blocked without progress, in milliseconds, before
+    /// the connection is closed: bounds a client that sends requests but never reads the
+    /// answers (it would otherwise hold a connection slot forever and stall the drain).
+    #[arg(long, env = "GRACEFUL_WRITE_TIMEOUT_MS", default_value_t = 30_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub write_timeout_ms: u64,
+
     /// Largest accepted request head (request line plus headers), in bytes; larger gets 431.
     #[arg(long, env = "GRACEFUL_MAX_HEADER_BYTES", default_value_t = 16_384,
           value_parser = clap::value_parser!(u64).range(1024..=1_048_576))]
@@ -138,6 +145,10 @@ impl Config {
 
     pub fn first_request_grace(&self) -> Duration {
         Duration::from_millis(self.first_request_grace_ms)
+    }
+
+    pub fn write_timeout(&self) -> Duration {
+        Duration::from_millis(self.write_timeout_ms)
     }
 
     pub fn header_read_timeout(&self) -> Duration {

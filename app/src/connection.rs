@@ -27,6 +27,7 @@ use crate::context::AppContext;
 use crate::handlers::main_handler;
 use crate::metrics::ListenerKind;
 use crate::state::Phase;
+use crate::write_stall::WriteStallGuard;
 
 /// Settings every connection of one listener shares.
 #[derive(Clone)]
@@ -36,6 +37,8 @@ pub struct ConnectionSettings {
     /// How long a connection that has not sent its first request yet may still send it once
     /// the drain began.
     pub first_request_grace: Duration,
+    /// How long a write may stay blocked by a peer that does not read (see write_stall.rs).
+    pub write_timeout: Duration,
 }
 
 /// Tells the drain whether the connection has delivered a request yet.
@@ -85,9 +88,10 @@ pub fn spawn(
             }
         })
     };
-    let connection = settings
-        .http
-        .serve_connection(TokioIo::new(stream), service);
+    let connection = settings.http.serve_connection(
+        TokioIo::new(WriteStallGuard::new(stream, settings.write_timeout)),
+        service,
+    );
     let drain_begins = {
         let lifecycle = ctx.lifecycle.clone();
         async move { lifecycle.reached(Phase::Terminating).await }
@@ -104,7 +108,7 @@ pub fn spawn(
 
 /// Runs the connection until it ends; once the drain begins, shuts it down gracefully.
 async fn drive<S, B>(
-    connection: http1::Connection<TokioIo<TcpStream>, S>,
+    connection: http1::Connection<TokioIo<WriteStallGuard<TcpStream>>, S>,
     drain_begins: impl Future<Output = ()>,
     first: Arc<FirstRequest>,
     grace: Duration,

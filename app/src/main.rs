@@ -11,6 +11,7 @@ mod server;
 mod shutdown;
 mod state;
 mod telemetry;
+mod write_stall;
 
 use std::process::ExitCode;
 use std::time::Duration;

@@ -50,6 +50,7 @@ pub async fn run(config: Config) -> Result<(), AppError> {
         kind,
         http: http_builder(&config),
         first_request_grace: config.first_request_grace(),
+        write_timeout: config.write_timeout(),
     };
     let main_loop = tokio::spawn(accept_loop(
         main_listener,

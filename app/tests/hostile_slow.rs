@@ -204,3 +204,64 @@ fn slowloris_beyond_the_connection_limit_is_cut_and_others_are_served() -> anyho
     assert_eq!(get(app.main, "/")?.status, 200);
     Ok(())
 }
+
+/// Reads `graceful_open_connections{listener="main"}` from /metrics.
+fn main_connections_open(admin: SocketAddr) -> anyhow::Result<u64> {
+    let body = String::from_utf8(get(admin, "/metrics")?.body)?;
+    let prefix = "graceful_open_connections{listener=\"main\"} ";
+    Ok(body
+        .lines()
+        .find_map(|line| line.strip_prefix(prefix))
+        .ok_or_else(|| anyhow::anyhow!("no main connection gauge"))?
+        .trim()
+        .parse()?)
+}
+
+/// A client that pipelines requests and never reads the answers: the server's writes block
+/// once the socket buffers are full. Before the write timeout existed, this connection stayed
+/// open forever and a later SIGTERM ended in a timed-out drain (exit 1).
+#[test]
+fn a_client_that_never_reads_is_cut_by_the_write_timeout() -> anyhow::Result<()> {
+    let mut app = App::start(&[
+        "--write-timeout-ms",
+        "500",
+        "--header-read-timeout-ms",
+        "400",
+        "--shutdown-timeout-ms",
+        "5000",
+    ])?;
+    let mut hog = connect(app.main)?;
+    hog.set_write_timeout(Some(Duration::from_millis(200)))?;
+    let batch = b"GET / HTTP/1.1\r\nHost: hog\r\n\r\n".repeat(1_000);
+    let started = Instant::now();
+    let mut sent = 0_usize;
+    let cut_after = loop {
+        match hog.write(&batch) {
+            Ok(n) => sent += n,
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(error) if error.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => break Some(started.elapsed()), // reset: the server closed it
+        }
+        if started.elapsed() > Duration::from_secs(15) {
+            break None;
+        }
+    };
+    eprintln!(
+        "non-reading client: {sent} bytes of requests sent, server closed it after {cut_after:?}"
+    );
+    let cut_after = cut_after.ok_or_else(|| anyhow::anyhow!("connection never cut"))?;
+    assert!(
+        cut_after < Duration::from_secs(10),
+        "cut after {cut_after:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while main_connections_open(app.admin)? > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(main_connections_open(app.admin)?, 0, "slot still held");
+    assert_eq!(get(app.main, "/")?.status, 200);
+    app.signal(nix::sys::signal::Signal::SIGTERM)?;
+    let exit = app.wait_exit_blocking(Duration::from_secs(10))?;
+    assert_eq!(exit.code(), Some(0), "log:\n{}", app.log());
+    Ok(())
+}
