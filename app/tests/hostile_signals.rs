@@ -142,3 +142,57 @@ fn sigint_then_a_storm_of_signals_still_drains_and_exits_0() -> anyhow::Result<(
     assert!(log.contains("SIGINT"), "first signal not named:\n{log}");
     Ok(())
 }
+
+/// Slow senders caught by the drain: connections with half a request head (and one sending
+/// nothing) when SIGTERM comes must not hold the drain past the header read timeout, while the
+/// request in flight beside them completes.
+#[test]
+fn slow_senders_during_the_drain_do_not_hold_it() -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut app = App::start(&[
+        "--header-read-timeout-ms",
+        "1000",
+        "--first-request-grace-ms",
+        "300",
+        "--shutdown-timeout-ms",
+        "10000",
+    ])?;
+    let work = in_flight(app.main, "/?work_ms=500");
+    let mut slow = Vec::new();
+    for addr in [app.main, app.admin] {
+        for _ in 0..5 {
+            let mut stream = connect(addr)?;
+            stream.write_all(b"GET / HTTP/1.1\r\nHost: sl")?;
+            slow.push(stream);
+        }
+        slow.push(connect(addr)?); // sends nothing at all
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    let sigterm_at = Instant::now();
+    app.signal(Signal::SIGTERM)?;
+    // They keep trickling during the drain.
+    let trickle = std::thread::spawn(move || {
+        for _ in 0..60 {
+            for stream in &mut slow {
+                let _ = stream.write_all(b"o");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+    let (response, _) = joined(work)?;
+    assert_eq!(response.status, 200, "in-flight request failed");
+    let exit = app.wait_exit_blocking(Duration::from_secs(15))?;
+    let took = sigterm_at.elapsed();
+    eprintln!(
+        "exit {:?} {} ms after SIGTERM with 12 slow senders",
+        exit.code(),
+        took.as_millis()
+    );
+    assert_eq!(exit.code(), Some(0), "log:\n{}", app.log());
+    // Bounded by the header read timeout (1 s) plus scheduling, well below the 10 s timeout.
+    assert!(took < Duration::from_secs(4), "drain took {took:?}");
+    trickle
+        .join()
+        .map_err(|_| anyhow::anyhow!("trickle thread panicked"))?;
+    Ok(())
+}
