@@ -67,6 +67,13 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1..))]
     pub header_read_timeout_ms: u64,
 
+    /// The same bound on the admin listener, kept short: its only clients (the kubelet's probes
+    /// and preStop call, a metrics scraper) send their request at once, and a few idle or slow
+    /// connections must not hold the admin slots long enough to starve the probes.
+    #[arg(long, env = "GRACEFUL_ADMIN_HEADER_READ_TIMEOUT_MS", default_value_t = 2_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub admin_header_read_timeout_ms: u64,
+
     /// How long a write to a client may stay blocked without progress, in milliseconds, before
     /// the connection is closed: bounds a client that sends requests but never reads the
     /// answers (it would otherwise hold a connection slot forever and stall the drain).
@@ -153,6 +160,10 @@ impl Config {
 
     pub fn header_read_timeout(&self) -> Duration {
         Duration::from_millis(self.header_read_timeout_ms)
+    }
+
+    pub fn admin_header_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.admin_header_read_timeout_ms)
     }
 }
 

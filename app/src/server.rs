@@ -48,7 +48,13 @@ pub async fn run(config: Config) -> Result<(), AppError> {
 
     let settings = |kind| ConnectionSettings {
         kind,
-        http: http_builder(&config),
+        http: http_builder(
+            &config,
+            match kind {
+                ListenerKind::Main => config.header_read_timeout(),
+                ListenerKind::Admin => config.admin_header_read_timeout(),
+            },
+        ),
         first_request_grace: config.first_request_grace(),
         write_timeout: config.write_timeout(),
     };
@@ -148,11 +154,11 @@ fn announce(main_addr: SocketAddr, admin_addr: SocketAddr) {
 }
 
 /// The HTTP/1 settings that keep slow or malformed clients from pinning the process.
-fn http_builder(config: &Config) -> http1::Builder {
+fn http_builder(config: &Config, header_read_timeout: Duration) -> http1::Builder {
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(config.header_read_timeout())
+        .header_read_timeout(header_read_timeout)
         .max_header_size(usize::try_from(config.max_header_bytes).unwrap_or(usize::MAX))
         .keep_alive(true);
     builder

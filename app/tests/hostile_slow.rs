@@ -114,6 +114,8 @@ fn slowloris_beyond_the_connection_limit_is_cut_and_others_are_served() -> anyho
     let app = App::start(&[
         "--header-read-timeout-ms",
         "400",
+        "--admin-header-read-timeout-ms",
+        "400",
         "--max-connections",
         "16",
         "--admin-max-connections",
