@@ -11,6 +11,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::crd::{GracefulService, GracefulServiceStatus};
+use crate::drift::LastApplied;
 use crate::error::Error;
 use crate::manifests::Owner;
 use crate::planner::DeploymentObservation;
@@ -27,6 +28,41 @@ where
 {
     let params = PatchParams::apply(FIELD_MANAGER).force();
     Ok(api.patch(name, &params, &Patch::Apply(object)).await?)
+}
+
+/// [`apply`] only when [`LastApplied::needs_apply`] says so (the `live` object, from a GET or a
+/// watch cache, lacks what `desired` sets, or `desired` changed since the last apply). Returns the
+/// object as the API server answered the apply, or None when nothing was written.
+pub async fn apply_if_needed<K>(
+    api: &Api<K>,
+    name: &str,
+    desired: &K,
+    live: Option<&K>,
+    memory: &LastApplied,
+) -> Result<Option<K>, Error>
+where
+    K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
+{
+    let key = child_key::<K>(desired);
+    if !memory.needs_apply(&key, desired, live) {
+        return Ok(None);
+    }
+    let applied = apply(api, name, desired).await?;
+    memory.record(&key, desired);
+    Ok(Some(applied))
+}
+
+/// Key of a child in [`LastApplied`]: `<owner uid>/<kind>`, so [`LastApplied::forget`] with the
+/// owner's uid drops all of its children, and a re-created owner of the same name starts afresh.
+pub fn child_key<K: Resource<DynamicType = ()>>(child: &K) -> String {
+    let owner = child
+        .meta()
+        .owner_references
+        .as_ref()
+        .and_then(|refs| refs.first())
+        .map(|r| r.uid.as_str())
+        .unwrap_or_default();
+    format!("{owner}/{}", K::kind(&()))
 }
 
 pub async fn write_status(

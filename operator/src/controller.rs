@@ -1,9 +1,12 @@
 //! The reconcile loop: Kubernetes I/O at the edges, decisions delegated to the pure modules.
 //!
-//! Each reconcile server-side applies the Deployment (at the replicas the planner holds), the
-//! Service and the PodDisruptionBudget with the one field manager, so any drift is overwritten;
-//! then reads pods and EndpointSlices, asks [`planner::plan`] whether to take a scale-down step,
-//! and writes status. Owner references make deletion a garbage-collection matter.
+//! Each reconcile makes sure the Deployment (at the replicas the planner holds), the Service and
+//! the PodDisruptionBudget hold what the operator sets, with server-side apply and the one field
+//! manager, so any drift is overwritten; a child already holding it is not written again
+//! ([`crate::drift`]: the Deployment compared with a GET, the Service and the budget with the caches of
+//! their watches). Then it reads pods and EndpointSlices, asks [`planner::plan`] whether to take
+//! a scale-down step, and writes status if it changed. Owner references make deletion a
+//! garbage-collection matter.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -17,14 +20,16 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 
 use crate::cluster::{
-    SERVICE_NAME_LABEL, apply, observe, pods_of, ready_endpoints, terminating_pods, write_status,
+    SERVICE_NAME_LABEL, apply, apply_if_needed, child_key, observe, pods_of, ready_endpoints,
+    terminating_pods, write_status,
 };
 use crate::crd::{GracefulService, GracefulServiceStatus, MANAGED_SELECTOR, NAME_KEY};
+use crate::drift::LastApplied;
 use crate::error::Error;
 use crate::manifests::{Owner, deployment, pdb, service};
 use crate::marking;
@@ -45,27 +50,54 @@ pub struct Context {
     pub metrics: Metrics,
     /// Consecutive failed reconciles per object (namespace/name), for the retry backoff.
     failures: Mutex<HashMap<String, u32>>,
+    /// The managed Services as their watch last saw them (filled by [`run`]).
+    services: Store<Service>,
+    /// The managed PodDisruptionBudgets as their watch last saw them (filled by [`run`]).
+    budgets: Store<PodDisruptionBudget>,
+    /// What this process last applied to each child.
+    applied: LastApplied,
+}
+
+/// The write halves of [`Context`]'s caches, consumed by [`run`]'s watches.
+pub struct CacheWriters {
+    services: reflector::store::Writer<Service>,
+    budgets: reflector::store::Writer<PodDisruptionBudget>,
 }
 
 impl Context {
-    /// A context with a recorder reporting as `graceful-operator`.
-    pub fn new(client: Client, metrics: Metrics) -> Self {
+    /// A context with a recorder reporting as `graceful-operator`, and the writers that [`run`]
+    /// needs to fill its caches.
+    pub fn new(client: Client, metrics: Metrics) -> (Self, CacheWriters) {
         let reporter = Reporter {
             controller: FIELD_MANAGER.to_string(),
             instance: std::env::var("POD_NAME").ok(),
         };
-        Self {
+        let (services, services_writer) = reflector::store();
+        let (budgets, budgets_writer) = reflector::store();
+        let ctx = Self {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             metrics,
             failures: Mutex::new(HashMap::new()),
-        }
+            services,
+            budgets,
+            applied: LastApplied::default(),
+        };
+        let writers = CacheWriters {
+            services: services_writer,
+            budgets: budgets_writer,
+        };
+        (ctx, writers)
     }
 }
 
 /// Runs the controller until `shutdown` resolves, watching `namespace` or all namespaces.
+///
+/// The Services and budgets are watched as whole objects into the context's caches and the same
+/// streams trigger the reconciles, so a reconcile triggered by an edit sees the edit in the cache.
 pub async fn run(
     ctx: Arc<Context>,
+    writers: CacheWriters,
     namespace: Option<String>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
@@ -76,10 +108,18 @@ pub async fn run(
         watcher::Config::default(),
     )
     .owns(scoped::<Deployment>(&client, &namespace), managed.clone())
-    .owns(scoped::<Service>(&client, &namespace), managed.clone())
-    .owns(
-        scoped::<PodDisruptionBudget>(&client, &namespace),
-        managed.clone(),
+    .owns_stream(
+        watcher(scoped::<Service>(&client, &namespace), managed.clone())
+            .reflect(writers.services)
+            .touched_objects(),
+    )
+    .owns_stream(
+        watcher(
+            scoped::<PodDisruptionBudget>(&client, &namespace),
+            managed.clone(),
+        )
+        .reflect(writers.budgets)
+        .touched_objects(),
     )
     .watches(
         scoped::<Pod>(&client, &namespace),
@@ -170,6 +210,9 @@ pub async fn reconcile(gsvc: Arc<GracefulService>, ctx: Arc<Context>) -> Result<
     let _timer = ctx.metrics.start_reconcile();
     if gsvc.metadata.deletion_timestamp.is_some() {
         // Garbage collection removes the children; re-applying them now would race it.
+        if let Some(uid) = &gsvc.metadata.uid {
+            ctx.applied.forget(&format!("{uid}/"));
+        }
         return Ok(Action::await_change());
     }
     let owner = Owner::of(&gsvc)?;
@@ -201,28 +244,41 @@ async fn apply_and_step(
     let spec = &gsvc.spec;
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
 
-    let current = deployments
-        .get_opt(&owner.name)
-        .await?
-        .and_then(|d| d.spec)
+    let live = deployments.get_opt(&owner.name).await?;
+    let current = live
+        .as_ref()
+        .and_then(|d| d.spec.as_ref())
         .and_then(|s| s.replicas);
     let hold = planner::replicas_to_hold(spec.replicas, current);
-    let applied = apply(
+    let desired = deployment::build(owner, spec, hold);
+    let applied = apply_if_needed(
         &deployments,
         &owner.name,
-        &deployment::build(owner, spec, hold),
+        &desired,
+        live.as_ref(),
+        &ctx.applied,
     )
     .await?;
-    apply(
+    // The object as it is now: the apply's answer, else the live one it matched.
+    let Some(current_deployment) = applied.or(live) else {
+        return Err(Error::MissingField("deployment"));
+    };
+    let live_service = ctx.services.get(&ObjectRef::new(&owner.name).within(ns));
+    apply_if_needed(
         &Api::<Service>::namespaced(client.clone(), ns),
         &owner.name,
         &service::build(owner, spec),
+        live_service.as_deref(),
+        &ctx.applied,
     )
     .await?;
-    apply(
+    let live_budget = ctx.budgets.get(&ObjectRef::new(&owner.name).within(ns));
+    apply_if_needed(
         &Api::<PodDisruptionBudget>::namespaced(client.clone(), ns),
         &owner.name,
         &pdb::build(owner),
+        live_budget.as_deref(),
+        &ctx.applied,
     )
     .await?;
 
@@ -231,7 +287,7 @@ async fn apply_and_step(
     let previous = gsvc.status.as_ref();
     let observation = Observation {
         desired: spec.replicas,
-        deployment: observe(&applied),
+        deployment: observe(&current_deployment),
         terminating_pods: terminating_pods(&pods),
         ready_endpoints: ready_endpoints(client, ns, &owner.name).await?,
         now,
@@ -256,12 +312,9 @@ async fn apply_and_step(
             false => 0,
         };
         marking::mark_idlest(client, ns, &pods, spec.ports.admin, count).await;
-        apply(
-            &deployments,
-            &owner.name,
-            &deployment::build(owner, spec, step.to),
-        )
-        .await?;
+        let stepped = deployment::build(owner, spec, step.to);
+        apply(&deployments, &owner.name, &stepped).await?;
+        ctx.applied.record(&child_key(&stepped), &stepped);
         ctx.metrics.steps.inc();
         tracing::info!(gsvc = %owner.name, from = step.from, to = step.to, desired = spec.replicas, "scale-down step");
         // The action names the step so every step is its own Event rather than a count on one.
@@ -301,7 +354,9 @@ async fn apply_and_step(
         &decision,
         now,
     );
-    write_status(client, owner, &new_status).await?;
+    if status::needs_write(previous, &new_status) {
+        write_status(client, owner, &new_status).await?;
+    }
     Ok(Action::requeue(decision.requeue_after))
 }
 
@@ -339,7 +394,9 @@ async fn refuse(
         problems,
         Timestamp::now(),
     );
-    write_status(&ctx.client, owner, &new_status).await?;
+    if status::needs_write(previous, &new_status) {
+        write_status(&ctx.client, owner, &new_status).await?;
+    }
     Ok(Action::requeue(INVALID_REQUEUE))
 }
 

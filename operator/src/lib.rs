@@ -7,6 +7,7 @@
 pub mod cluster;
 pub mod controller;
 pub mod crd;
+pub mod drift;
 pub mod error;
 pub mod http;
 pub mod leader;

@@ -97,12 +97,13 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     );
 
     let client = kube::Client::try_default().await?;
-    let ctx = Arc::new(Context::new(client.clone(), metrics));
+    let (ctx, writers) = Context::new(client.clone(), metrics);
+    let ctx = Arc::new(ctx);
     let mut stop = Box::pin(shutdown_signal());
 
     if args.leader_election == Switch::Off {
         state.ready.store(true, Ordering::Relaxed);
-        controller::run(ctx, args.namespace, stop).await;
+        controller::run(ctx, writers, args.namespace, stop).await;
         return Ok(());
     }
     let lease = LeaseConfig {
@@ -125,7 +126,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             () = lost => { let _ = lost_tx.send(()); }
         }
     };
-    controller::run(ctx, args.namespace, end).await;
+    controller::run(ctx, writers, args.namespace, end).await;
     let was_lost = lost_rx.try_recv().is_ok();
     leadership.release().await;
     if was_lost {

@@ -143,6 +143,24 @@ pub fn invalid_spec(
     status
 }
 
+/// Whether `computed` must be written: it differs from the status the object has now. Compared
+/// as JSON, the form it is stored in, so a time read back at second precision equals itself.
+/// Unchanged conditions keep their `lastTransitionTime` ([`merge`]) and no field holds the time of
+/// the reconcile, so a reconcile that changes nothing writes nothing.
+pub fn needs_write(
+    current: Option<&GracefulServiceStatus>,
+    computed: &GracefulServiceStatus,
+) -> bool {
+    let Some(current) = current else { return true };
+    match (
+        serde_json::to_value(current),
+        serde_json::to_value(computed),
+    ) {
+        (Ok(current), Ok(computed)) => current != computed,
+        _ => true,
+    }
+}
+
 /// Keeps `lastTransitionTime` of conditions whose status did not change, and keeps previous
 /// conditions not recomputed now.
 fn merge(
@@ -249,6 +267,26 @@ mod tests {
             sd(&second).last_transition_time
         );
         assert_eq!(second.step_target, Some(4));
+    }
+
+    #[test]
+    fn status_unchanged_by_a_later_reconcile_is_not_written() {
+        let o = obs(1, 5);
+        let d = plan(&o);
+        let first = from_decision("web", Some(1), None, 1, &o.deployment, &d, o.now);
+        assert!(needs_write(None, &first));
+        // Read back from the API server: round-trip through JSON.
+        let stored: GracefulServiceStatus =
+            serde_json::from_value(serde_json::to_value(&first).unwrap()).unwrap();
+        let later = o.now + k8s_openapi::jiff::SignedDuration::from_secs(60);
+        let again = from_decision("web", Some(1), Some(&stored), 1, &o.deployment, &d, later);
+        assert!(!needs_write(Some(&stored), &again));
+        let mut fewer = o.deployment.clone();
+        fewer.ready_replicas -= 1;
+        let changed = from_decision("web", Some(1), Some(&stored), 1, &fewer, &d, later);
+        assert!(needs_write(Some(&stored), &changed));
+        let regenerated = from_decision("web", Some(2), Some(&stored), 1, &o.deployment, &d, later);
+        assert!(needs_write(Some(&stored), &regenerated));
     }
 
     #[test]

@@ -46,7 +46,10 @@ pub fn build(owner: &Owner, spec: &GracefulServiceSpec, replicas: i32) -> Deploy
                     max_unavailable: Some(spec.rollout.max_unavailable.clone()),
                 }),
             }),
-            min_ready_seconds: Some(spec.rollout.min_ready_seconds),
+            // Left out at 0: the API server omits a zero minReadySeconds, so the drift check
+            // (`crate::drift`) would otherwise see a difference on every reconcile.
+            min_ready_seconds: (spec.rollout.min_ready_seconds != 0)
+                .then_some(spec.rollout.min_ready_seconds),
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(pod_labels),
