@@ -22,12 +22,13 @@ use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
+use graceful_operator::GracefulService;
 use graceful_operator::crd::Phase;
-use graceful_operator::{GracefulService, GracefulServiceSpec};
 use kube::api::{Api, Patch, PatchParams};
 use measure::{Scrape, audit_mark, bucket_delta, memory_kib, quantile, writes_since};
 use support::{
-    Operator, create_gsvc, ensure_schedulable, eventually, install_crd, restricted_kubeconfig,
+    Operator, create_gsvc, ensure_schedulable, eventually, install_crd, quick_spec,
+    restricted_kubeconfig,
 };
 
 const HISTOGRAM: &str = "graceful_operator_reconcile_duration_seconds";
@@ -37,17 +38,6 @@ fn env_or(name: &str, default: i32) -> i32 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn quick_spec(replicas: i32) -> GracefulServiceSpec {
-    let mut spec = GracefulServiceSpec {
-        replicas,
-        ..GracefulServiceSpec::default()
-    };
-    spec.shutdown.drain_delay_seconds = 1;
-    spec.shutdown.max_request_seconds = 1;
-    spec.shutdown.termination_grace_period_seconds = 4;
-    spec
 }
 
 /// Waits (up to `limit`) until every GracefulService of the namespace is Stable at its replicas.

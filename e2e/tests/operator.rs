@@ -19,8 +19,8 @@ mod support;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use graceful_operator::GracefulService;
 use graceful_operator::crd::ServiceType;
-use graceful_operator::{GracefulService, GracefulServiceSpec};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -41,18 +41,6 @@ async fn setup(prefix: &str) -> Result<Setup> {
     ensure_schedulable(tb, &client).await?;
     let ns = tb.create_namespace(&client, prefix).await?;
     Ok(Setup { tb, client, ns })
-}
-
-/// Short shutdown timings keep scale-downs quick: 1 s drain, 1 s longest request, 4 s grace.
-fn quick_spec(replicas: i32) -> GracefulServiceSpec {
-    let mut spec = GracefulServiceSpec {
-        replicas,
-        ..GracefulServiceSpec::default()
-    };
-    spec.shutdown.drain_delay_seconds = 1;
-    spec.shutdown.max_request_seconds = 1;
-    spec.shutdown.termination_grace_period_seconds = 4;
-    spec
 }
 
 fn env_of(d: &Deployment) -> Vec<(String, String)> {

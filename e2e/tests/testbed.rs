@@ -54,8 +54,8 @@ async fn deployment_serves_through_node_port_and_scales() -> Result<()> {
     // Both pods answer through the node port (one endpoint per connection, round-robin).
     let names: Vec<String> = pods.iter().map(pod_name).collect();
     let seen = eventually(
-        "both pods answering through the node port",
         Duration::from_secs(20),
+        "both pods answering through the node port",
         || {
             let names = names.clone();
             async move {
@@ -90,8 +90,8 @@ async fn deployment_serves_through_node_port_and_scales() -> Result<()> {
     for pod in pods3.iter().filter(|p| pod_name(p) != kept) {
         let name = pod_name(pod);
         let entries = eventually(
-            &format!("{name} removed by the agent"),
             Duration::from_secs(40),
+            &format!("{name} removed by the agent"),
             || {
                 let name = name.clone();
                 async move {
@@ -145,7 +145,7 @@ async fn prestop_precedes_sigterm_and_sigkill_ends_the_grace_period() -> Result<
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     pods.delete(&name, &DeleteParams::default()).await?;
 
-    let entries = eventually("the pod to be removed", Duration::from_secs(30), || {
+    let entries = eventually(Duration::from_secs(30), "the pod to be removed", || {
         let name = name.clone();
         async move {
             let entries = journal_of(&name)?;
@@ -218,7 +218,7 @@ async fn prestop_sleep_uses_up_the_grace_period() -> Result<()> {
     apply(&pods, "sleepy", object).await?;
     ready_pods(&client, ns, "sleepy", 1).await?;
     pods.delete("sleepy", &DeleteParams::default()).await?;
-    let entries = eventually("the pod to be removed", Duration::from_secs(30), || async {
+    let entries = eventually(Duration::from_secs(30), "the pod to be removed", || async {
         let entries = journal_of("sleepy")?;
         Ok(step(&entries, Step::PodDeleted)
             .is_some()
@@ -269,8 +269,8 @@ async fn unready_pod_leaves_endpoint_slice_and_gets_no_new_connections() -> Resu
     let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), ns);
     let lp = ListParams::default().labels("kubernetes.io/service-name=web");
     eventually(
-        "the drained pod to be not ready in the EndpointSlice",
         Duration::from_secs(20),
+        "the drained pod to be not ready in the EndpointSlice",
         || {
             let slices = slices.clone();
             let lp = lp.clone();
@@ -337,7 +337,7 @@ async fn unmapped_image_waits_and_failing_liveness_restarts() -> Result<()> {
     object["spec"] = spec["spec"].clone();
     apply(&pods, "unlive", object).await?;
 
-    let waiting = eventually("ErrImagePull", Duration::from_secs(30), || {
+    let waiting = eventually(Duration::from_secs(30), "ErrImagePull", || {
         let pods = pods.clone();
         async move {
             let pod = pods.get("nope").await?;
@@ -363,7 +363,7 @@ async fn unmapped_image_waits_and_failing_liveness_restarts() -> Result<()> {
             .contains("registry.example/nginx:1.27")
     );
 
-    let restarts = eventually("a liveness restart", Duration::from_secs(40), || {
+    let restarts = eventually(Duration::from_secs(40), "a liveness restart", || {
         let pods = pods.clone();
         async move {
             let pod = pods.get("unlive").await?;

@@ -47,13 +47,7 @@ pub fn rounds() -> usize {
 /// Short shutdown timings keep scale-downs quick: 1 s drain, 1 s longest request, 4 s grace.
 /// Idle-pod preference is off: these tests are about faults, not about which pod goes.
 pub fn quick_spec(replicas: i32) -> GracefulServiceSpec {
-    let mut spec = GracefulServiceSpec {
-        replicas,
-        ..GracefulServiceSpec::default()
-    };
-    spec.shutdown.drain_delay_seconds = 1;
-    spec.shutdown.max_request_seconds = 1;
-    spec.shutdown.termination_grace_period_seconds = 4;
+    let mut spec = super::support::quick_spec(replicas);
     spec.scale_down.prefer_idle_pods = false;
     spec
 }

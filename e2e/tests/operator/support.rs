@@ -185,27 +185,6 @@ pub async fn ensure_schedulable(tb: &Testbed, client: &kube::Client) -> Result<(
     bail!("nodes stay tainted not-ready")
 }
 
-/// Polls `check` every 250 ms until it yields a value or `limit` passes.
-pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<Option<T>>>,
-{
-    let deadline = tokio::time::Instant::now() + limit;
-    let mut last_error = None;
-    loop {
-        match check().await {
-            Ok(Some(value)) => return Ok(value),
-            Ok(None) => {}
-            Err(e) => last_error = Some(e),
-        }
-        if tokio::time::Instant::now() > deadline {
-            bail!("timed out after {limit:?} waiting for {what} (last error: {last_error:?})");
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
 /// Creates a GracefulService named `name`.
 pub async fn create_gsvc(
     client: &kube::Client,
@@ -275,4 +254,18 @@ pub async fn restricted_kubeconfig(
     let path = tb.run_dir().join(format!("kubeconfig-{user}"));
     std::fs::write(&path, serde_json::to_vec_pretty(&config)?)?;
     Ok(path)
+}
+
+pub use e2e::eventually;
+
+/// Short shutdown timings keep scale-downs quick: 1 s drain, 1 s longest request, 4 s grace.
+pub fn quick_spec(replicas: i32) -> GracefulServiceSpec {
+    let mut spec = GracefulServiceSpec {
+        replicas,
+        ..GracefulServiceSpec::default()
+    };
+    spec.shutdown.drain_delay_seconds = 1;
+    spec.shutdown.max_request_seconds = 1;
+    spec.shutdown.termination_grace_period_seconds = 4;
+    spec
 }

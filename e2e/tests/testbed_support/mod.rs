@@ -5,7 +5,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::api::{Api, ListParams, Patch, PatchParams};
@@ -160,27 +160,6 @@ pub async fn apply_node_port_service(client: &kube::Client, ns: &str, name: &str
     Ok(u16::try_from(port)?)
 }
 
-/// Polls `check` every 200 ms until it yields a value or `limit` passes.
-pub async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<Option<T>>>,
-{
-    let deadline = tokio::time::Instant::now() + limit;
-    let mut last_error = None;
-    loop {
-        match check().await {
-            Ok(Some(value)) => return Ok(value),
-            Ok(None) => {}
-            Err(e) => last_error = Some(e),
-        }
-        if tokio::time::Instant::now() > deadline {
-            bail!("timed out after {limit:?} waiting for {what} (last error: {last_error:?})");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 pub fn is_ready(pod: &Pod) -> bool {
     pod.status
         .as_ref()
@@ -198,8 +177,8 @@ pub async fn ready_pods(
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let lp = ListParams::default().labels(&format!("app={name}"));
     eventually(
-        &format!("{count} ready pods of {name}"),
         Duration::from_secs(60),
+        &format!("{count} ready pods of {name}"),
         || {
             let pods = pods.clone();
             let lp = lp.clone();
@@ -320,8 +299,8 @@ pub async fn rollout_under_load(ns: &str, name: &str, pods: &AppPods) -> Result<
     let port = apply_node_port_service(&client, ns, name).await?;
     ready_pods(&client, ns, name, pods.replicas as usize).await?;
     eventually(
-        "the node port to answer",
         Duration::from_secs(20),
+        "the node port to answer",
         || async { Ok((get(node_port(port), "/").await?.0 == 200).then_some(())) },
     )
     .await?;
@@ -344,7 +323,7 @@ pub async fn rollout_under_load(ns: &str, name: &str, pods: &AppPods) -> Result<
     // The rollout completes: all replicas ready on the new tag, the old ones gone.
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
     let want = pods.replicas;
-    eventually("the rollout to complete", Duration::from_secs(120), || {
+    eventually(Duration::from_secs(120), "the rollout to complete", || {
         let deployments = deployments.clone();
         async move {
             let d = deployments.get(name).await?;
@@ -369,3 +348,5 @@ pub async fn rollout_under_load(ns: &str, name: &str, pods: &AppPods) -> Result<
     );
     Ok(report)
 }
+
+pub use e2e::eventually;
