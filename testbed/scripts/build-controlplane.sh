@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Builds etcd, kube-apiserver, kube-controller-manager, kube-scheduler and helm from the pinned Go
-# module in testbed/go into a cache folder outside git, and prints that folder. A second run with
+# Builds etcd, kube-apiserver, kube-controller-manager, kube-scheduler, the node components kubelet
+# and kube-proxy, and helm from the pinned Go module in testbed/go into a cache folder outside git,
+# and prints that folder. It also compiles the pause container's program from the same module's
+# source (build/pause/linux/pause.c, static, with gcc). A second run with
 # the same go.mod/go.sum finds the stamp and returns in well under a second.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/../go" && pwd)
@@ -37,7 +39,16 @@ build etcd go.etcd.io/etcd/server/v3
 build kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver
 build kube-controller-manager k8s.io/kubernetes/cmd/kube-controller-manager
 build kube-scheduler k8s.io/kubernetes/cmd/kube-scheduler
+build kubelet k8s.io/kubernetes/cmd/kubelet
+build kube-proxy k8s.io/kubernetes/cmd/kube-proxy
 build helm helm.sh/helm/v3/cmd/helm
+if [[ ! -x "$out/pause" ]]; then
+  src="$(go env GOMODCACHE)/k8s.io/kubernetes@$k8s_version/build/pause/linux/pause.c"
+  [[ -f "$src" ]] || go mod download k8s.io/kubernetes >&2
+  gcc -static -O2 -DVERSION="$k8s_version" -o "$out/pause.tmp" "$src" >&2
+  mv "$out/pause.tmp" "$out/pause"
+  echo ">> pause built from $src" >&2
+fi
 echo ">> control plane built in $(( $(date +%s) - start ))s into $out" >&2
 touch "$out/.complete"
 echo "$out"

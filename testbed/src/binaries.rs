@@ -11,7 +11,8 @@ use nix::fcntl::{Flock, FlockArg};
 
 use crate::process::spawn_guarded;
 
-/// The folder holding etcd, kube-apiserver, kube-controller-manager, kube-scheduler and helm.
+/// The folder holding etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubelet,
+/// kube-proxy, the pause program and helm.
 #[derive(Debug, Clone)]
 pub struct Binaries {
     pub dir: PathBuf,
@@ -21,13 +22,57 @@ pub struct Binaries {
 const BUILD_LIMIT: Duration = Duration::from_secs(90 * 60);
 const PROGRESS_EVERY: Duration = Duration::from_secs(30);
 
-pub const COMPONENTS: [&str; 5] = [
+pub const COMPONENTS: [&str; 8] = [
     "etcd",
     "kube-apiserver",
     "kube-controller-manager",
     "kube-scheduler",
+    "kubelet",
+    "kube-proxy",
+    "pause",
     "helm",
 ];
+
+/// The private folder of containerd, runc, the CNI plugins and umoci
+/// (`scripts/install-node-runtime.sh`, which also installs iptables, nftables and conntrack).
+#[derive(Debug, Clone)]
+pub struct NodeRuntime {
+    pub dir: PathBuf,
+}
+
+pub fn runtime_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/install-node-runtime.sh")
+}
+
+impl NodeRuntime {
+    /// Uses `TESTBED_NODE_RUNTIME_DIR` if set, else runs the install script (at once when its
+    /// stamp is there).
+    pub async fn locate_or_install() -> Result<Self> {
+        let dir = match std::env::var_os("TESTBED_NODE_RUNTIME_DIR") {
+            Some(dir) => PathBuf::from(dir),
+            None => run_script(&runtime_script(), "node runtime install").await?,
+        };
+        for tool in [
+            "bin/containerd",
+            "bin/containerd-shim-runc-v2",
+            "bin/ctr",
+            "bin/runc",
+            "bin/umoci",
+            "cni/bridge",
+            "cni/host-local",
+            "cni/loopback",
+        ] {
+            if !dir.join(tool).is_file() {
+                bail!(
+                    "{} is missing; reinstall with {}",
+                    dir.join(tool).display(),
+                    runtime_script().display()
+                );
+            }
+        }
+        Ok(Self { dir })
+    }
+}
 
 pub fn build_script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/build-controlplane.sh")
@@ -45,7 +90,12 @@ impl Binaries {
             .or_else(|| std::env::var_os("TESTBED_BIN_DIR"));
         let dir = match preset {
             Some(dir) => PathBuf::from(dir),
-            None => run_build_script().await?,
+            None => {
+                let started = Instant::now();
+                let _lock = build_lock(started).await?;
+                wait_for_foreign_build(started).await?;
+                run_script(&build_script(), "control-plane build").await?
+            }
         };
         let binaries = Self { dir };
         for name in COMPONENTS {
@@ -75,14 +125,12 @@ impl Drop for KillOnDrop {
     }
 }
 
-async fn run_build_script() -> Result<PathBuf> {
-    let script = build_script();
+/// Runs `script` (progress on stderr) and returns the folder it prints last.
+async fn run_script(script: &Path, what: &str) -> Result<PathBuf> {
     let started = Instant::now();
-    let _lock = build_lock(started).await?;
-    wait_for_foreign_build(started).await?;
     let mut command = Command::new("bash");
     command
-        .arg(&script)
+        .arg(script)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
@@ -106,7 +154,7 @@ async fn run_build_script() -> Result<PathBuf> {
         }
         if last_note.elapsed() >= PROGRESS_EVERY {
             eprintln!(
-                "testbed: control-plane build still running ({} s so far)",
+                "testbed: {what} still running ({} s so far)",
                 started.elapsed().as_secs()
             );
             last_note = Instant::now();
@@ -130,7 +178,7 @@ async fn run_build_script() -> Result<PathBuf> {
     tracing::info!(
         dir,
         seconds = started.elapsed().as_secs_f32(),
-        "control plane binaries ready"
+        "{what} done"
     );
     Ok(PathBuf::from(dir))
 }

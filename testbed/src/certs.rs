@@ -23,6 +23,12 @@ pub struct Pki {
     pub admin: ClientCert,
     pub controller_manager: ClientCert,
     pub scheduler: ClientCert,
+    /// kube-apiserver's client certificate towards the kubelets (logs, exec, port-forward).
+    pub apiserver_kubelet_client: ClientCert,
+    /// `system:kube-proxy`, which the bootstrap role binding `system:node-proxier` names.
+    pub kube_proxy: ClientCert,
+    /// One per node, `system:node:<name>` in `system:nodes`, as the Node authorizer expects.
+    pub nodes: Vec<ClientCert>,
 }
 
 #[derive(Debug, Clone)]
@@ -32,8 +38,14 @@ pub struct ClientCert {
 }
 
 /// Writes a fresh PKI into `dir`. `gateway` and `service_ip` (the first service-cluster IP,
-/// behind `kubernetes.default.svc`) become SANs of the serving certificate.
-pub fn generate(dir: &Path, gateway: Ipv4Addr, service_ip: Ipv4Addr) -> Result<Pki> {
+/// behind `kubernetes.default.svc`) become SANs of the serving certificate; each of `nodes` gets
+/// a kubelet client certificate.
+pub fn generate(
+    dir: &Path,
+    gateway: Ipv4Addr,
+    service_ip: Ipv4Addr,
+    nodes: &[String],
+) -> Result<Pki> {
     std::fs::create_dir_all(dir)?;
     let ca_key = KeyPair::generate()?;
     let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
@@ -95,6 +107,22 @@ pub fn generate(dir: &Path, gateway: Ipv4Addr, service_ip: Ipv4Addr) -> Result<P
         None,
     )?;
     let scheduler = client("kube-scheduler", "system:kube-scheduler", None)?;
+    let apiserver_kubelet_client = client(
+        "apiserver-kubelet-client",
+        "kube-apiserver-kubelet-client",
+        Some("system:masters"),
+    )?;
+    let kube_proxy = client("kube-proxy", "system:kube-proxy", None)?;
+    let nodes = nodes
+        .iter()
+        .map(|node| {
+            client(
+                &format!("kubelet-{node}"),
+                &format!("system:node:{node}"),
+                Some("system:nodes"),
+            )
+        })
+        .collect::<Result<Vec<_>>>()?;
 
     let sa = KeyPair::generate()?;
     let sa_key = write(dir, "sa.key", &sa.serialize_pem())?;
@@ -109,6 +137,9 @@ pub fn generate(dir: &Path, gateway: Ipv4Addr, service_ip: Ipv4Addr) -> Result<P
         admin,
         controller_manager,
         scheduler,
+        apiserver_kubelet_client,
+        kube_proxy,
+        nodes,
     })
 }
 
@@ -138,7 +169,9 @@ mod tests {
             &dir,
             Ipv4Addr::new(10, 213, 7, 1),
             Ipv4Addr::new(10, 96, 0, 1),
+            &["node-0".to_string()],
         )?;
+        assert_eq!(pki.nodes.len(), 1);
         for path in [
             &pki.ca_cert,
             &pki.apiserver_cert,

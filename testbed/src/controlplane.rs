@@ -13,21 +13,31 @@ use k8s_openapi::api::core::v1::ServiceAccount;
 use crate::binaries::Binaries;
 use crate::certs::Pki;
 use crate::kubeconfig;
+use crate::network::NetworkPlan;
 use crate::process::Children;
 
-/// Virtual service addresses; never routed (node ports are served on loopback by the proxy).
-pub const SERVICE_CIDR: &str = "10.96.0.0/16";
-/// The first service address, the `kubernetes` Service's cluster IP.
-pub const SERVICE_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 1);
-
-/// The controllers that matter for Deployments, Services, PDBs, HPAs and namespaces. Node
-/// lifecycle and taint eviction are left out (they evict pods of nodes without kubelet
-/// heartbeats), as are IPAM, volumes, certificates and cloud controllers.
+/// The controllers that matter for Deployments, Services, PDBs, HPAs and namespaces. IPAM
+/// (each node's pod range is fixed by its CNI configuration), volumes, certificates and cloud
+/// controllers are left out.
 pub const CONTROLLERS: &str = "deployment-controller,replicaset-controller,\
 endpointslice-controller,endpoints-controller,disruption-controller,\
 garbage-collector-controller,namespace-controller,serviceaccount-controller,\
 serviceaccount-token-controller,root-ca-certificate-publisher-controller,\
 clusterrole-aggregation-controller,horizontal-pod-autoscaler-controller";
+
+/// With real kubelets, whose heartbeats are real: node lifecycle (NotReady after the grace
+/// period, taints) and taint eviction. Left out with the stand-in node agent.
+pub const NODE_CONTROLLERS: &str = "node-lifecycle-controller,taint-eviction-controller";
+
+/// What kind of nodes the control plane serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Nodes {
+    /// kubelets: Node authorization, NodeRestriction, the node controllers, and the API
+    /// server's client certificate towards them (logs, exec, port-forward).
+    Real,
+    /// The stand-in node agent (admin credentials, no heartbeats to watch).
+    StandIn,
+}
 
 /// Audit policy: metadata of every write (who, verb, resource, subresource, code), nothing for
 /// reads, so that tests and benchmarks can count each client's writes at the API server.
@@ -62,10 +72,12 @@ pub async fn start(
     bins: &Binaries,
     pki: &Pki,
     run_dir: &Path,
-    gateway: Ipv4Addr,
-    node_ports: (u16, u16),
+    plan: &NetworkPlan,
+    nodes: Nodes,
     children: &Children,
 ) -> Result<ControlPlane> {
+    let gateway = plan.gateway;
+    let node_ports = plan.node_ports;
     let logs = run_dir.join("logs");
     std::fs::create_dir_all(&logs)?;
     let log = |name: &str| logs.join(format!("{name}.log"));
@@ -103,7 +115,7 @@ pub async fn start(
     let apiserver_port = free_port(gateway)?;
     let server = format!("https://{gateway}:{apiserver_port}");
     let path = |p: &Path| p.to_string_lossy().into_owned();
-    let apiserver_args = flags(&[
+    let mut apiserver_args = flags(&[
         ("etcd-servers", &etcd_url),
         ("bind-address", &gateway.to_string()),
         ("advertise-address", &gateway.to_string()),
@@ -111,8 +123,7 @@ pub async fn start(
         ("tls-cert-file", &path(&pki.apiserver_cert)),
         ("tls-private-key-file", &path(&pki.apiserver_key)),
         ("client-ca-file", &path(&pki.ca_cert)),
-        ("authorization-mode", "RBAC"),
-        ("service-cluster-ip-range", SERVICE_CIDR),
+        ("service-cluster-ip-range", &plan.service_cidr),
         (
             "service-node-port-range",
             &format!("{}-{}", node_ports.0, node_ports.1),
@@ -124,14 +135,39 @@ pub async fn start(
         ("service-account-key-file", &path(&pki.sa_pub)),
         ("service-account-signing-key-file", &path(&pki.sa_key)),
         ("allow-privileged", "true"),
-        // This plugin taints new nodes not-ready, and only node-lifecycle-controller (not run
-        // here) lifts the taint; the node agent registers its nodes Ready from the start.
-        ("disable-admission-plugins", "TaintNodesByCondition"),
         ("cert-dir", &path(&run_dir.join("apiserver-certs"))),
         ("profiling", "false"),
         ("audit-policy-file", &path(&audit_policy)),
         ("audit-log-path", &path(&run_dir.join(AUDIT_LOG))),
     ]);
+    apiserver_args.extend(flags(
+        &match nodes {
+            Nodes::Real => vec![
+                ("authorization-mode", "Node,RBAC".to_string()),
+                ("enable-admission-plugins", "NodeRestriction".into()),
+                (
+                    "kubelet-client-certificate",
+                    path(&pki.apiserver_kubelet_client.cert),
+                ),
+                (
+                    "kubelet-client-key",
+                    path(&pki.apiserver_kubelet_client.key),
+                ),
+                // The node's InternalIP only: a hostname would be looked up in the host's DNS,
+                // and that lookup would leave the machine.
+                ("kubelet-preferred-address-types", "InternalIP".into()),
+            ],
+            Nodes::StandIn => vec![
+                ("authorization-mode", "RBAC".to_string()),
+                // This plugin taints new nodes not-ready, and only node-lifecycle-controller (not
+                // run with stand-ins) lifts the taint; the agent registers its nodes Ready.
+                ("disable-admission-plugins", "TaintNodesByCondition".into()),
+            ],
+        }
+        .iter()
+        .map(|(name, value)| (*name, value.as_str()))
+        .collect::<Vec<_>>(),
+    ));
     children.start(
         "kube-apiserver",
         &bins.path("kube-apiserver"),
@@ -158,10 +194,14 @@ pub async fn start(
         &pki.controller_manager,
         "system:kube-controller-manager",
     )?;
+    let controllers = match nodes {
+        Nodes::Real => format!("{CONTROLLERS},{NODE_CONTROLLERS}"),
+        Nodes::StandIn => CONTROLLERS.to_string(),
+    };
     let kcm_args = flags(&[
         ("kubeconfig", &path(&kcm_config)),
         ("leader-elect", "false"),
-        ("controllers", CONTROLLERS),
+        ("controllers", &controllers),
         ("use-service-account-credentials", "true"),
         ("service-account-private-key-file", &path(&pki.sa_key)),
         ("root-ca-file", &path(&pki.ca_cert)),

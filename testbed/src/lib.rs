@@ -1,6 +1,7 @@
-//! The testbed: a real local Kubernetes control plane (etcd, kube-apiserver,
-//! kube-controller-manager, kube-scheduler built from the Go module in `go/`), a node agent in
-//! place of kubelet and container runtime, and a service proxy in place of kube-proxy.
+//! The testbed: a real local Kubernetes cluster. The control plane (etcd, kube-apiserver,
+//! kube-controller-manager, kube-scheduler) and the nodes' kubelet and kube-proxy are built
+//! from the Go module in `go/`; containerd, runc and the CNI plugins come from Debian; the
+//! images are built from this repository. `--stand-in-nodes` runs the older stand-ins instead.
 //! Test tooling only: nothing shipped depends on it.
 //!
 //! Tests use [`shared`]; people use `cargo run -p testbed -- up`.
@@ -10,11 +11,14 @@ pub mod binaries;
 pub mod certs;
 pub mod controlplane;
 pub mod fixture;
+pub mod images;
 pub mod kubeconfig;
 pub mod network;
+pub mod node;
 pub mod process;
 pub mod proxy;
 pub mod slot;
+pub mod standin;
 pub mod supervisor;
 
 pub use fixture::{Testbed, bin_path, shared};

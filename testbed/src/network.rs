@@ -17,8 +17,16 @@ pub struct NetworkPlan {
     /// Prefix of every network namespace the run creates; teardown deletes all that match.
     pub netns_prefix: String,
     pub gateway: Ipv4Addr,
-    /// The pods' subnet, `10.213.<slot>.0/24`.
+    /// The bridge's subnet, `10.213.<slot>.0/24`: the gateway, the nodes' addresses (and the
+    /// stand-in node agent's pod addresses).
     pub pod_cidr: String,
+    /// The real nodes' pods: a /20 of the slot's own (see [`slot_block`]), a /24 per node.
+    pub cluster_cidr: String,
+    /// The Services' cluster IPs: a /20 of the slot's own, so that the host routes of
+    /// concurrent runs never overlap.
+    pub service_cidr: String,
+    /// The first address of `service_cidr`, the `kubernetes` Service's cluster IP.
+    pub service_ip: Ipv4Addr,
     /// The API server's `--service-node-port-range` (first, last), see [`node_port_range`].
     pub node_ports: (u16, u16),
 }
@@ -36,6 +44,23 @@ pub fn node_port_range(slot: u8) -> (u16, u16) {
     (first, first + NODE_PORTS_PER_RUN - 1)
 }
 
+/// Real nodes per run: each takes a /24 of the run's /20 of pod addresses.
+pub const MAX_NODES: u32 = 16;
+
+/// Pods of all runs live in 10.128.0.0/12, Services in 10.96.0.0/12; each run takes a /20 of
+/// each (slot 1..=254 fits: 256 /20s in a /12).
+const PODS_SPACE: Ipv4Addr = Ipv4Addr::new(10, 128, 0, 0);
+const SERVICES_SPACE: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 0);
+
+/// The slot's /20 within a /12 `space`.
+fn slot_block(space: Ipv4Addr, slot: u8) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(space) + (u32::from(slot) << 12))
+}
+
+fn next(addr: Ipv4Addr) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(addr) + 1)
+}
+
 /// Prefix shared by all runs' bridges and namespaces, so a person can list them.
 pub const NAME_PREFIX: &str = "gtb";
 
@@ -46,8 +71,27 @@ impl NetworkPlan {
             netns_prefix: format!("{NAME_PREFIX}{slot}-"),
             gateway: Ipv4Addr::new(10, 213, slot, 1),
             pod_cidr: format!("10.213.{slot}.0/24"),
+            cluster_cidr: format!("{}/20", slot_block(PODS_SPACE, slot)),
+            service_cidr: format!("{}/20", slot_block(SERVICES_SPACE, slot)),
+            service_ip: next(slot_block(SERVICES_SPACE, slot)),
             node_ports: node_port_range(slot),
         }
+    }
+
+    /// Node `index`'s address on the bridge: `10.213.<slot>.<10 + index>`.
+    pub fn node_ip(&self, index: u32) -> Ipv4Addr {
+        let [a, b, c, _] = self.gateway.octets();
+        Ipv4Addr::new(a, b, c, 10 + index as u8)
+    }
+
+    /// Node `index`'s pod subnet, the `index`-th /24 of `cluster_cidr`.
+    pub fn node_pod_cidr(&self, index: u32) -> String {
+        let base = u32::from(slot_block(PODS_SPACE, self.slot()));
+        format!("{}/24", Ipv4Addr::from(base + (index << 8)))
+    }
+
+    fn slot(&self) -> u8 {
+        self.gateway.octets()[2]
     }
 
     /// Creates the bridge with the gateway address and brings it up.
@@ -63,6 +107,14 @@ impl NetworkPlan {
         ip(&["link", "set", &self.bridge, "up"])?;
         tracing::info!(bridge = %self.bridge, gateway = %self.gateway, "bridge created");
         Ok(())
+    }
+
+    /// Kills what still runs in the run's network namespaces (a real node's containerd shims
+    /// outlive containerd).
+    pub fn kill_namespace_processes(&self) {
+        for ns in netns_with_prefix(&self.netns_prefix) {
+            kill_netns_processes(&ns);
+        }
     }
 
     /// Kills what still runs in the run's namespaces, deletes them, then the bridge. Idempotent.
@@ -88,15 +140,15 @@ impl NetworkPlan {
             return true;
         }
         let routes = output(&["-4", "route", "show", "table", "all"]).unwrap_or_default();
+        let ours = [
+            (Ipv4Addr::new(10, 213, self.slot(), 0), 24),
+            (slot_block(PODS_SPACE, self.slot()), 20),
+            (slot_block(SERVICES_SPACE, self.slot()), 20),
+        ];
         routes
             .lines()
             .filter_map(|line| line.split_whitespace().take(2).find_map(parse_cidr))
-            .any(|route| {
-                overlaps(
-                    route,
-                    (Ipv4Addr::new(10, 213, self.gateway.octets()[2], 0), 24),
-                )
-            })
+            .any(|route| ours.iter().any(|own| overlaps(route, *own)))
     }
 }
 
@@ -205,6 +257,24 @@ mod tests {
         assert_eq!(plan.pod_cidr, "10.213.254.0/24");
         assert_eq!(slot_of_bridge(&plan.bridge), Some(254));
         assert_eq!(slot_of_bridge("gtbx"), None);
+    }
+
+    #[test]
+    fn slots_get_disjoint_pod_and_service_blocks() {
+        let one = NetworkPlan::for_slot(1);
+        assert_eq!(one.cluster_cidr, "10.128.16.0/20");
+        assert_eq!(one.service_cidr, "10.96.16.0/20");
+        assert_eq!(one.service_ip, Ipv4Addr::new(10, 96, 16, 1));
+        assert_eq!(one.node_ip(2), Ipv4Addr::new(10, 213, 1, 12));
+        assert_eq!(one.node_pod_cidr(0), "10.128.16.0/24");
+        assert_eq!(one.node_pod_cidr(MAX_NODES - 1), "10.128.31.0/24");
+        let last = NetworkPlan::for_slot(254);
+        assert_eq!(last.cluster_cidr, "10.143.224.0/20");
+        assert_eq!(last.service_cidr, "10.111.224.0/20");
+        let blocks: Vec<_> = (1..=254u8).map(|n| slot_block(PODS_SPACE, n)).collect();
+        for pair in blocks.windows(2) {
+            assert_eq!(u32::from(pair[1]) - u32::from(pair[0]), 1 << 12);
+        }
     }
 
     #[test]

@@ -68,14 +68,50 @@ pub fn spawn_guarded(mut command: Command) -> io::Result<Child> {
         .map_err(|_| io::Error::other("spawner thread dropped the request"))?
 }
 
+/// How to start a child: kept, so that it can be started again the same way.
+#[derive(Debug, Clone, Default)]
+pub struct Launch {
+    pub program: PathBuf,
+    pub args: Vec<String>,
+    /// Added to the supervisor's environment.
+    pub env: Vec<(String, String)>,
+    /// A network namespace file (`/run/netns/<name>`) to run in, through `nsenter --net`, which
+    /// enters and execs without forking, so the parent-death signal still holds.
+    pub netns: Option<PathBuf>,
+}
+
+impl Launch {
+    pub fn new(program: &Path, args: &[String]) -> Self {
+        Self {
+            program: program.to_path_buf(),
+            args: args.to_vec(),
+            ..Self::default()
+        }
+    }
+
+    fn command(&self) -> Command {
+        let mut command = match &self.netns {
+            Some(netns) => {
+                let mut command = Command::new("nsenter");
+                command
+                    .arg(format!("--net={}", netns.display()))
+                    .arg("--")
+                    .arg(&self.program);
+                command
+            }
+            None => Command::new(&self.program),
+        };
+        command.args(&self.args).envs(self.env.iter().cloned());
+        command
+    }
+}
+
 /// A named child with its log file.
 #[derive(Debug)]
 pub struct Supervised {
     pub name: String,
     pub log: PathBuf,
-    /// Program and arguments, kept so that the child can be started again the same way.
-    program: PathBuf,
-    args: Vec<String>,
+    launch: Launch,
     child: Child,
     exited: Option<ExitStatus>,
 }
@@ -83,26 +119,26 @@ pub struct Supervised {
 impl Supervised {
     /// Starts `program args...` with stdout and stderr appended to `log`.
     pub fn start(name: &str, program: &Path, args: &[String], log: &Path) -> Result<Self> {
+        Self::launch(name, Launch::new(program, args), log)
+    }
+
+    /// Starts `launch` with stdout and stderr appended to `log`.
+    pub fn launch(name: &str, launch: Launch, log: &Path) -> Result<Self> {
         let out = File::options()
             .create(true)
             .append(true)
             .open(log)
             .with_context(|| format!("cannot open log file {}", log.display()))?;
         let err = out.try_clone()?;
-        let mut command = Command::new(program);
-        command
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err);
+        let mut command = launch.command();
+        command.stdin(Stdio::null()).stdout(out).stderr(err);
         let child = spawn_guarded(command)
-            .with_context(|| format!("cannot start {name} ({})", program.display()))?;
+            .with_context(|| format!("cannot start {name} ({})", launch.program.display()))?;
         tracing::info!(name, pid = child.id(), log = %log.display(), "started");
         Ok(Self {
             name: name.to_string(),
             log: log.to_path_buf(),
-            program: program.to_path_buf(),
-            args: args.to_vec(),
+            launch,
             child,
             exited: None,
         })
@@ -187,7 +223,11 @@ impl Children {
     }
 
     pub fn start(&self, name: &str, program: &Path, args: &[String], log: &Path) -> Result<u32> {
-        let child = Supervised::start(name, program, args, log)?;
+        self.launch(name, Launch::new(program, args), log)
+    }
+
+    pub fn launch(&self, name: &str, launch: Launch, log: &Path) -> Result<u32> {
+        let child = Supervised::launch(name, launch, log)?;
         let pid = child.pid();
         (self.on_start)(pid, name);
         self.lock().push(child);
@@ -204,7 +244,7 @@ impl Children {
             .find(|child| child.name == name)
             .with_context(|| format!("no child named {name}"))?;
         child.stop(grace);
-        let fresh = Supervised::start(&child.name, &child.program, &child.args, &child.log)?;
+        let fresh = Supervised::launch(&child.name, child.launch.clone(), &child.log)?;
         let pid = fresh.pid();
         *child = fresh;
         drop(list);

@@ -14,7 +14,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 
 use crate::network::{self, NetworkPlan};
-use crate::process;
+use crate::{node, process};
 
 #[derive(Debug)]
 pub struct Slot {
@@ -22,7 +22,8 @@ pub struct Slot {
     entry: PathBuf,
 }
 
-fn registry_dir() -> PathBuf {
+/// The machine-wide registry of runs, `/run/graceful-testbed` unless `TESTBED_REGISTRY` is set.
+pub fn registry_dir() -> PathBuf {
     std::env::var_os("TESTBED_REGISTRY")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/run/graceful-testbed"))
@@ -82,6 +83,14 @@ impl Slot {
         }
     }
 
+    /// Restores the host state that real nodes change machine-wide (sysctls, hard-coded
+    /// kubelet and CNI paths) when no other live run needs it any more.
+    pub fn undo_host_changes_if_last(&self) {
+        if live_slots().iter().all(|n| *n == self.number) {
+            undo_host_changes();
+        }
+    }
+
     /// Releases the slot after a complete teardown.
     pub fn release(self) {
         if let Err(error) = std::fs::remove_dir_all(&self.entry) {
@@ -113,6 +122,9 @@ pub fn cleanup_dead_runs() {
         tracing::warn!(slot = number, "cleaning up after a dead run");
         clean_slot(number, &entry.path());
     }
+    if live_slots().is_empty() {
+        undo_host_changes();
+    }
     for bridge in network::testbed_bridges() {
         if let Some(number) = network::slot_of_bridge(&bridge)
             && !claimed.contains(&number)
@@ -143,6 +155,23 @@ fn owner_is_alive(entry: &Path) -> bool {
     }
 }
 
+/// Slots whose owner runs.
+fn live_slots() -> Vec<u8> {
+    let Ok(entries) = std::fs::read_dir(registry_dir()) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|entry| owner_is_alive(&entry.path()))
+        .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
+fn undo_host_changes() {
+    node::host::restore_sysctls(&registry_dir());
+    node::host::sweep_machine_paths();
+}
+
 fn clean_slot(number: u8, entry: &Path) {
     if let Ok(children) = std::fs::read_to_string(entry.join("children")) {
         for line in children.lines() {
@@ -155,10 +184,15 @@ fn clean_slot(number: u8, entry: &Path) {
             }
         }
     }
-    NetworkPlan::for_slot(number).destroy();
+    let run_dir = std::fs::read_to_string(entry.join("run-dir"))
+        .ok()
+        .filter(|dir| !dir.is_empty())
+        .map(PathBuf::from);
+    let plan = NetworkPlan::for_slot(number);
+    node::teardown(&plan, run_dir.as_deref());
+    plan.destroy();
     if !entry.join("keep").exists()
-        && let Ok(run_dir) = std::fs::read_to_string(entry.join("run-dir"))
-        && !run_dir.is_empty()
+        && let Some(run_dir) = run_dir
     {
         let _ = std::fs::remove_dir_all(run_dir);
     }

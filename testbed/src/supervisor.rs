@@ -12,12 +12,13 @@ use anyhow::{Context, Result, bail};
 use k8s_openapi::api::core::v1::Node;
 use serde::{Deserialize, Serialize};
 
-use crate::binaries::Binaries;
-use crate::controlplane::{self, ControlPlane};
+use crate::binaries::{Binaries, NodeRuntime};
+use crate::controlplane::{self, Nodes};
 use crate::network::NetworkPlan;
+use crate::node::{self, NodeInfo, NodesSetup, ProxyMode};
 use crate::process::{self, Children};
 use crate::slot::Slot;
-use crate::{certs, kubeconfig};
+use crate::{certs, images, kubeconfig, standin};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct UpArgs {
@@ -28,10 +29,17 @@ pub struct UpArgs {
     /// Default: a new folder under the temp dir.
     #[arg(long, value_name = "DIR")]
     pub run_dir: Option<PathBuf>,
-    /// Node objects the node agent registers.
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=50))]
+    /// Nodes to start, each with its own containerd, kubelet and kube-proxy.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::network::MAX_NODES)))]
     pub nodes: u32,
-    /// How far the service proxy's view lags the API (imitates a large cluster's sync lag).
+    /// kube-proxy's mode on every node.
+    #[arg(long, value_enum, default_value_t = ProxyMode::Iptables)]
+    pub proxy_mode: ProxyMode,
+    /// Run the stand-ins of this crate (node-agent for kubelet and runtime, svc-proxy for
+    /// kube-proxy) instead of real nodes: kept only while proofs move to real nodes.
+    #[arg(long)]
+    pub stand_in_nodes: bool,
+    /// With --stand-in-nodes: how far the service proxy's view lags the API.
     #[arg(long, default_value_t = 1000)]
     pub propagation_delay_ms: u64,
     /// Keep the run dir (logs, etcd data) after teardown.
@@ -57,6 +65,19 @@ pub struct RunInfo {
     /// The API server's `--service-node-port-range` (first, last).
     #[serde(default)]
     pub node_ports: (u16, u16),
+    /// The real nodes (empty with stand-ins); node ports answer on each node's `ip`.
+    #[serde(default)]
+    pub nodes: Vec<NodeInfo>,
+    /// containerd, runc, CNI plugins and umoci of the real nodes.
+    #[serde(default)]
+    pub node_runtime_dir: Option<PathBuf>,
+    /// The images every node imported (app, operator, pause).
+    #[serde(default)]
+    pub images: Vec<node::ImageArchive>,
+    #[serde(default)]
+    pub service_cidr: String,
+    #[serde(default)]
+    pub proxy_mode: Option<ProxyMode>,
 }
 
 pub const RUN_INFO_FILE: &str = "testbed.json";
@@ -72,6 +93,7 @@ fn stop_grace(name: &str) -> Duration {
     match name {
         "node-agent" => Duration::from_secs(15),
         "etcd" | "kube-apiserver" => Duration::from_secs(5),
+        // Pods are not drained at teardown: their cgroups are killed right after.
         _ => Duration::from_secs(3),
     }
 }
@@ -95,7 +117,9 @@ pub async fn up(args: UpArgs) -> Result<()> {
         tracing::error!("{error:#}");
     }
     children.stop_all(stop_grace);
+    node::teardown(&plan, Some(&run_dir));
     plan.destroy();
+    slot.undo_host_changes_if_last();
     if args.keep {
         tracing::info!(run_dir = %run_dir.display(), "run dir kept");
     } else if outcome.is_err() {
@@ -164,25 +188,65 @@ async fn start_and_watch(
 ) -> Result<()> {
     eprintln!("testbed: locating or building the control plane binaries");
     let bins = Binaries::locate_or_build().await?;
+    let real = !args.stand_in_nodes;
+    let runtime = if real {
+        eprintln!("testbed: locating or installing the node runtime");
+        Some(NodeRuntime::locate_or_install().await?)
+    } else {
+        None
+    };
     plan.create()?;
-    let pki = certs::generate(&run_dir.join("pki"), plan.gateway, controlplane::SERVICE_IP)?;
+    let node_names: Vec<String> = (0..args.nodes).map(node::node_name).collect();
+    let pki = certs::generate(
+        &run_dir.join("pki"),
+        plan.gateway,
+        plan.service_ip,
+        &node_names,
+    )?;
     eprintln!(
         "testbed: starting the control plane (logs in {}/logs)",
         run_dir.display()
     );
-    let cp = controlplane::start(
-        &bins,
-        &pki,
-        run_dir,
-        plan.gateway,
-        plan.node_ports,
-        children,
-    )
-    .await?;
-    let agent = start_agent(args, run_dir, plan, &cp, &pki.ca_cert, children)?;
-    start_proxy(args, run_dir, &cp, children)?;
-    if agent {
-        wait_for_ready_nodes(&cp.kubeconfig, args.nodes, children, run_dir).await?;
+    let kind = if real { Nodes::Real } else { Nodes::StandIn };
+    let cp = controlplane::start(&bins, &pki, run_dir, plan, kind, children).await?;
+    let mut nodes = Vec::new();
+    let mut built = Vec::new();
+    match &runtime {
+        Some(runtime) => {
+            node::host::record_sysctls(&crate::slot::registry_dir())?;
+            node::host::add_forward_guard(&plan.bridge)?;
+            let images = images::project_images(&bins, &runtime.dir, &run_dir.join("images"))?;
+            eprintln!("testbed: starting {} nodes", args.nodes);
+            let setup = NodesSetup {
+                plan,
+                pki: &pki,
+                server: &cp.server,
+                run_dir,
+                runtime: &runtime.dir,
+                kubelet: &bins.path("kubelet"),
+                kube_proxy: &bins.path("kube-proxy"),
+                proxy_mode: args.proxy_mode,
+                images: &images,
+                count: args.nodes,
+            };
+            nodes = node::start(&setup, children).await?;
+            built = images;
+            wait_for_ready_nodes(&cp.kubeconfig, args.nodes, children, &run_dir.join("logs"))
+                .await?;
+        }
+        None => {
+            let agent = standin::start_agent(args, run_dir, plan, &cp, &pki.ca_cert, children)?;
+            standin::start_proxy(args, run_dir, &cp, children)?;
+            if agent {
+                wait_for_ready_nodes(
+                    &cp.kubeconfig,
+                    args.nodes,
+                    children,
+                    &run_dir.join("logs/node-agent.log"),
+                )
+                .await?;
+            }
+        }
     }
     let info = RunInfo {
         kubeconfig: cp.kubeconfig.clone(),
@@ -197,6 +261,11 @@ async fn start_and_watch(
         controlplane_dir: bins.dir.clone(),
         supervisor_pid: std::process::id(),
         node_ports: plan.node_ports,
+        nodes,
+        node_runtime_dir: runtime.map(|r| r.dir),
+        images: built,
+        service_cidr: plan.service_cidr.clone(),
+        proxy_mode: real.then_some(args.proxy_mode),
     };
     std::fs::write(
         run_dir.join(RUN_INFO_FILE),
@@ -236,82 +305,17 @@ async fn start_and_watch(
 }
 
 /// A workspace binary next to the running `testbed` binary (same cargo target dir).
-fn sibling(name: &str) -> Option<PathBuf> {
+pub(crate) fn sibling(name: &str) -> Option<PathBuf> {
     let path = std::env::current_exe().ok()?.parent()?.join(name);
     path.is_file().then_some(path)
 }
 
-/// Starts the node agent if it is built; returns whether it was started.
-fn start_agent(
-    args: &UpArgs,
-    run_dir: &Path,
-    plan: &NetworkPlan,
-    cp: &ControlPlane,
-    ca_file: &Path,
-    children: &Children,
-) -> Result<bool> {
-    let Some(agent) = sibling("node-agent") else {
-        tracing::warn!("node-agent is not built next to testbed: no nodes, pods will not run");
-        return Ok(false);
-    };
-    let agent_dir = run_dir.join("agent");
-    std::fs::create_dir_all(&agent_dir)?;
-    let mut agent_args = vec![
-        format!("--kubeconfig={}", cp.kubeconfig.display()),
-        format!("--nodes={}", args.nodes),
-        format!("--bridge={}", plan.bridge),
-        format!("--pod-cidr={}", plan.pod_cidr),
-        format!("--gateway={}", plan.gateway),
-        format!("--run-dir={}", agent_dir.display()),
-        format!("--apiserver-port={}", cp.apiserver_port),
-        format!("--ca-file={}", ca_file.display()),
-        format!("--netns-prefix={}", plan.netns_prefix.trim_end_matches('-')),
-    ];
-    for (repo, binary) in [
-        ("ghcr.io/graceful-dev/graceful-app", "graceful-app"),
-        (
-            "ghcr.io/graceful-dev/graceful-operator",
-            "graceful-operator",
-        ),
-    ] {
-        match sibling(binary) {
-            Some(path) => agent_args.push(format!("--image={repo}={}", path.display())),
-            None => tracing::warn!(binary, "not built: pods of {repo} will fail to pull"),
-        }
-    }
-    let log = run_dir.join("logs/node-agent.log");
-    children.start("node-agent", &agent, &agent_args, &log)?;
-    Ok(true)
-}
-
-fn start_proxy(
-    args: &UpArgs,
-    run_dir: &Path,
-    cp: &ControlPlane,
-    children: &Children,
-) -> Result<()> {
-    let Some(proxy) = sibling("svc-proxy") else {
-        tracing::warn!("svc-proxy is not built next to testbed: node ports are not served");
-        return Ok(());
-    };
-    let proxy_args = vec![
-        format!("--kubeconfig={}", cp.kubeconfig.display()),
-        format!("--propagation-delay-ms={}", args.propagation_delay_ms),
-    ];
-    children.start(
-        "svc-proxy",
-        &proxy,
-        &proxy_args,
-        &run_dir.join("logs/svc-proxy.log"),
-    )?;
-    Ok(())
-}
-
+/// Waits until `wanted` Nodes are Ready; `logs` is named in the error.
 async fn wait_for_ready_nodes(
     kubeconfig: &Path,
     wanted: u32,
     children: &Children,
-    run_dir: &Path,
+    logs: &Path,
 ) -> Result<()> {
     let nodes: kube::Api<Node> = kube::Api::all(kubeconfig::client(kubeconfig).await?);
     let deadline = Instant::now() + NODES_READY;
@@ -329,7 +333,7 @@ async fn wait_for_ready_nodes(
             bail!(
                 "{ready} of {wanted} nodes Ready after {} s; read {}",
                 NODES_READY.as_secs(),
-                run_dir.join("logs/node-agent.log").display()
+                logs.display()
             );
         }
         tokio::time::sleep(Duration::from_millis(250)).await;

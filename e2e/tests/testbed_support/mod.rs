@@ -1,8 +1,7 @@
 //! Helpers of the testbed proofs: app Deployments and NodePort Services, polling, a one-shot
-//! HTTP client, the agent's lifecycle journal, and a rollout under load.
+//! HTTP client, the processes of a pod, and a rollout under load.
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
@@ -10,7 +9,6 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use serde_json::{Value, json};
-use testbed::agent::journal::{self, Entry, Step};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub const APP_IMAGE: &str = "ghcr.io/graceful-dev/graceful-app";
@@ -123,6 +121,7 @@ pub async fn apply_deployment(
     name: &str,
     opts: &AppPods,
 ) -> Result<()> {
+    testbed::shared()?.tag_image(APP_IMAGE, opts.tag)?;
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
     let object = json!({
         "apiVersion": "apps/v1", "kind": "Deployment",
@@ -219,8 +218,11 @@ pub async fn get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
     .context("GET timed out")?
 }
 
+/// The node port on node 0 of the shared testbed.
 pub fn node_port(port: u16) -> SocketAddr {
-    SocketAddr::from((Ipv4Addr::LOCALHOST, port))
+    testbed::shared()
+        .map(|tb| tb.node_port_addr(port))
+        .unwrap_or_else(|_| SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
 }
 
 pub fn pod_name(pod: &Pod) -> String {
@@ -236,50 +238,50 @@ pub fn pod_ip(pod: &Pod) -> Result<Ipv4Addr> {
         .parse()?)
 }
 
-pub fn journal_of(pod: &str) -> Result<Vec<Entry>> {
-    let path = testbed::shared()?
-        .run_dir()
-        .join("agent/agent-events.jsonl");
-    Ok(journal::read(&path)?
-        .into_iter()
-        .filter(|e| e.pod == pod)
-        .collect())
+/// The pids of the processes of a pod's containers on this machine: those whose cgroup path
+/// names the pod's UID (cgroupfs: `.../kubepods/<qos>/pod<uid>/<container id>`). The sandbox's
+/// pause process counts.
+pub fn pod_processes(pod: &Pod) -> Vec<i32> {
+    let Some(uid) = pod.metadata.uid.as_deref() else {
+        return Vec::new();
+    };
+    let needle = format!("pod{uid}");
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+                .is_ok_and(|cgroup| cgroup.contains(&needle))
+        })
+        .filter(|pid| testbed::process::is_alive(*pid))
+        .collect()
 }
 
-pub fn step(entries: &[Entry], step: Step) -> Option<&Entry> {
-    entries.iter().find(|e| e.step == step)
+/// The user id a process runs as (the real uid of `/proc/<pid>/status`).
+pub fn uid_of(pid: i32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("Uid:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
-pub fn process_alive(pid: i32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
-        && std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .map(|s| !s.contains(") Z "))
-            .unwrap_or(false)
-}
-
-pub fn netns_exists(name: &str) -> bool {
-    Path::new("/run/netns").join(name).exists()
-}
-
-/// The pids of the running app processes of these pods (from the agent's journal).
-pub fn live_pids(pods: &[Pod]) -> Result<Vec<i32>> {
-    let mut pids = Vec::new();
-    for pod in pods {
-        let entries = journal_of(&pod_name(pod))?;
-        let started = entries
-            .iter()
-            .rev()
-            .find(|e| e.step == Step::Started)
-            .with_context(|| format!("no start of {} in the journal", pod_name(pod)))?;
-        let pid = started.pid.context("start without pid")?;
-        ensure!(
-            process_alive(pid),
-            "process {pid} of {} is not running",
-            pod_name(pod)
-        );
-        pids.push(pid);
-    }
-    Ok(pids)
+/// The command line of a process, arguments joined by spaces.
+pub fn cmdline_of(pid: i32) -> String {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|raw| {
+            String::from_utf8_lossy(&raw)
+                .replace('\0', " ")
+                .trim()
+                .to_string()
+        })
+        .unwrap_or_default()
 }
 
 pub async fn scale(client: &kube::Client, ns: &str, name: &str, replicas: i32) -> Result<()> {
@@ -318,6 +320,7 @@ pub async fn rollout_under_load(ns: &str, name: &str, pods: &AppPods) -> Result<
         tag: "v2",
         ..pods.clone()
     };
+    testbed::shared()?.tag_image(APP_IMAGE, v2.tag)?;
     apply_deployment(&client, ns, name, &v2).await?;
 
     // The rollout completes: all replicas ready on the new tag, the old ones gone.
