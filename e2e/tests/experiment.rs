@@ -20,6 +20,7 @@ async fn cluster() -> anyhow::Result<Cluster> {
     let cluster = Cluster::connect(tb.kubeconfig().to_path_buf()).await?;
     let mut installed = INSTALLED.lock().await;
     if !*installed {
+        cluster.prepare_app_tags(&scenario::APP_TAGS)?;
         let chart = Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/graceful-operator");
         cluster.install_chart(None, &chart, None).await?;
         *installed = true;
@@ -27,8 +28,9 @@ async fn cluster() -> anyhow::Result<Cluster> {
     Ok(cluster)
 }
 
-fn params() -> Params {
+fn params(cluster: &Cluster) -> Params {
     Params {
+        node_address: cluster.node_address(std::net::Ipv4Addr::LOCALHOST.into()),
         rollout_replicas: 3,
         scale_from: 4,
         scale_to: 1,
@@ -61,7 +63,7 @@ fn deletions(r: &RunReport) -> usize {
 async fn rolling_update_loses_no_request_with_graceful_service_and_some_without()
 -> anyhow::Result<()> {
     let cluster = cluster().await?;
-    let p = params();
+    let p = params(&cluster);
     let graceful = scenario::run(&cluster.client, Scenario::Rollout, Setup::Graceful, &p).await?;
     eprintln!("{}", describe(&graceful));
     let naive = scenario::run(&cluster.client, Scenario::Rollout, Setup::Naive, &p).await?;
@@ -91,7 +93,7 @@ async fn rolling_update_loses_no_request_with_graceful_service_and_some_without(
 async fn scale_down_loses_no_request_with_graceful_service_and_some_without() -> anyhow::Result<()>
 {
     let cluster = cluster().await?;
-    let p = params();
+    let p = params(&cluster);
     let graceful = scenario::run(&cluster.client, Scenario::Scaledown, Setup::Graceful, &p).await?;
     eprintln!("{}", describe(&graceful));
     let naive = scenario::run(&cluster.client, Scenario::Scaledown, Setup::Naive, &p).await?;

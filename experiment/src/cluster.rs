@@ -38,6 +38,26 @@ pub async fn client_for(kubeconfig: &Path) -> anyhow::Result<kube::Client> {
 }
 
 impl Cluster {
+    /// Where the host reaches a node port: node 0's address on a testbed with real nodes,
+    /// `fallback` otherwise (127.0.0.1 for the stand-in proxy, or what `--node-address` says).
+    pub fn node_address(&self, fallback: std::net::IpAddr) -> std::net::IpAddr {
+        self.testbed
+            .as_ref()
+            .and_then(|tb| tb.node_ips().first().copied())
+            .map_or(fallback, std::net::IpAddr::V4)
+    }
+
+    /// Makes the app image's tags the scenarios use exist on every node of a testbed (each a
+    /// rebuilt image of its own digest). Another cluster must have them already.
+    pub fn prepare_app_tags(&self, tags: &[&str]) -> anyhow::Result<()> {
+        if let Some(tb) = &self.testbed {
+            for tag in tags {
+                tb.tag_image(crate::workloads::APP_IMAGE_REPO, tag)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Uses an existing cluster.
     pub async fn connect(kubeconfig: PathBuf) -> anyhow::Result<Cluster> {
         let client = client_for(&kubeconfig).await?;

@@ -94,6 +94,10 @@ struct Args {
     /// Image tag of the operator the chart installs (default: the chart's appVersion).
     #[arg(long)]
     operator_tag: Option<String>,
+    /// Where node ports answer when the cluster is not a testbed with real nodes (a testbed's
+    /// node 0 is used otherwise).
+    #[arg(long, default_value = "127.0.0.1")]
+    node_address: std::net::IpAddr,
     /// The operator binary for `--operator host` (default: next to this binary).
     #[arg(long)]
     operator_bin: Option<PathBuf>,
@@ -176,7 +180,9 @@ async fn run(args: &Args, cluster: &mut Cluster, command: &str) -> anyhow::Resul
         change_timeout: Duration::from_secs(args.change_timeout),
         max_requests: args.max_requests,
         prefer_idle_pods: args.prefer_idle_pods,
+        node_address: cluster.node_address(args.node_address),
     };
+    cluster.prepare_app_tags(&scenario::APP_TAGS)?;
     let scenarios: &[Scenario] = match args.scenario {
         Which::Rollout => &[Scenario::Rollout],
         Which::Scaledown => &[Scenario::Scaledown],

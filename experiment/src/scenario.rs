@@ -81,7 +81,12 @@ pub struct Params {
     pub max_requests: u64,
     /// `spec.scaleDown.preferIdlePods` of the graceful setup (the operator's default is true).
     pub prefer_idle_pods: bool,
+    /// The address whose node port the load goes through (a node's).
+    pub node_address: std::net::IpAddr,
 }
+
+/// The app image tags the scenarios run: v1, and v2 for the rolling update.
+pub const APP_TAGS: [&str; 2] = ["v1", "v2"];
 
 /// The GracefulService's API resource (used untyped: the experiment needs four fields of it).
 pub fn gsvc_resource() -> ApiResource {
@@ -105,13 +110,13 @@ pub async fn run(
     };
     let v1 = AppSpec {
         replicas: before,
-        tag: "v1".into(),
+        tag: APP_TAGS[0].into(),
         work_ms: p.work_ms,
         prefer_idle_pods: p.prefer_idle_pods,
     };
     let changed = match scenario {
         Scenario::Rollout => AppSpec {
-            tag: "v2".into(),
+            tag: APP_TAGS[1].into(),
             ..v1.clone()
         },
         Scenario::Scaledown => AppSpec {
@@ -175,7 +180,7 @@ async fn drive(
             )
         })?;
     let node_port = node_port(client, ns).await?;
-    let target = std::net::SocketAddr::from(([127, 0, 0, 1], node_port));
+    let target = std::net::SocketAddr::new(p.node_address, node_port);
     wait_serving(target, Duration::from_secs(60)).await?;
 
     let origin = Instant::now();
@@ -192,7 +197,7 @@ async fn drive(
         request_timeout: Duration::from_millis(p.work_ms) + Duration::from_secs(30),
     };
     eprintln!(
-        "==> {scenario}/{setup}: load of {} keep-alive clients through 127.0.0.1:{node_port}",
+        "==> {scenario}/{setup}: load of {} keep-alive clients through {target}",
         p.clients
     );
     let load_task = tokio::spawn(load::run(cfg, origin, control.clone()));

@@ -54,6 +54,10 @@ async fn apiserver_restart_during_a_rollout() -> Result<()> {
     let selector = ListParams::default().labels("graceful.dev/service=web");
     for round in 1..=rounds() {
         let image = format!("ghcr.io/graceful-dev/graceful-app:fault-{round}");
+        s.tb.tag_image(
+            "ghcr.io/graceful-dev/graceful-app",
+            &format!("fault-{round}"),
+        )?;
         let before = count_log(&operator.log)?;
         let patch = serde_json::json!({"spec": {"image": image}});
         gsvcs

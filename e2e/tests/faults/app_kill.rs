@@ -1,4 +1,4 @@
-//! An app process SIGKILLed during a scale-down. The node agent restarts the container (restart
+//! An app process SIGKILLed during a scale-down. The kubelet restarts the container (restart
 //! policy Always); until the pod is Ready again the Deployment is not whole, and the operator
 //! must not take the next step. Checked in the API server's order (resourceVersions): no step
 //! between the pod turning unready and it turning Ready again, and the next step after it.
@@ -25,21 +25,25 @@ struct Kill {
     next_step: usize,
 }
 
-/// The pid of the pod's running app process, from the node agent's journal.
-fn app_pid(tb: &testbed::Testbed, ns: &str, pod: &str) -> Result<i32> {
-    let journal = testbed::agent::journal::read(&tb.run_dir().join("agent/agent-events.jsonl"))?;
-    journal
-        .iter()
-        .rev()
-        .find(|e| {
-            e.namespace == ns && e.pod == pod && e.step == testbed::agent::journal::Step::Started
+/// The pid of the pod's running app process on its node: the process in the pod's cgroup that
+/// runs the image's entrypoint.
+async fn app_pid(pods: &Api<Pod>, pod: &str) -> Result<i32> {
+    let uid = pods
+        .get(pod)
+        .await?
+        .metadata
+        .uid
+        .context("pod without uid")?;
+    testbed::node::host::pod_processes(&uid)
+        .into_iter()
+        .find(|pid| {
+            testbed::node::host::cmdline_of(*pid).starts_with("/usr/local/bin/graceful-app")
         })
-        .and_then(|e| e.pid)
-        .with_context(|| format!("no started entry for {ns}/{pod}"))
+        .with_context(|| format!("no app process of {pod}"))
 }
 
 /// Once a step's pod is terminating, picks a Ready pod that is not and SIGKILLs its app process.
-async fn kill_one(s: &super::common::Setup, pods: &Api<Pod>) -> Result<(String, Instant)> {
+async fn kill_one(pods: &Api<Pod>) -> Result<(String, Instant)> {
     let selector = ListParams::default().labels("graceful.dev/service=web");
     let victim = eventually(
         Duration::from_secs(30),
@@ -63,7 +67,7 @@ async fn kill_one(s: &super::common::Setup, pods: &Api<Pod>) -> Result<(String, 
         },
     )
     .await?;
-    let pid = app_pid(s.tb, &s.ns, &victim)?;
+    let pid = app_pid(pods, &victim).await?;
     let at = Instant::now();
     let mut kill = std::process::Command::new("kill");
     kill.args(["-KILL", &pid.to_string()]);
@@ -91,7 +95,7 @@ async fn app_sigkilled_mid_scale_down_step_waits_until_whole() -> Result<()> {
             })
             .await?;
             let next_step = rec.lock().unwrap().replicas.len();
-            let (pod, at) = kill_one(&s, &pods).await?;
+            let (pod, at) = kill_one(&pods).await?;
             kills.push(Kill { pod, at, next_step });
         }
         wait_stable(&s.client, &s.ns, "web", 1).await?;

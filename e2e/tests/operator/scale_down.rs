@@ -52,6 +52,7 @@ async fn rollout_in_progress_holds_the_scale_down() -> Result<()> {
     create_gsvc(&s.client, &s.ns, "web", quick_spec(6)).await?;
     wait_stable(&s.client, &s.ns, "web", 6).await?;
     let (rec, tasks) = record(&s.client, &s.ns, "web").await?;
+    s.tb.tag_image("ghcr.io/graceful-dev/graceful-app", "0.1.1-e2e")?;
     let gsvcs: Api<GracefulService> = Api::namespaced(s.client.clone(), &s.ns);
     let patch = serde_json::json!({"spec": {
         "replicas": 3,

@@ -238,26 +238,13 @@ pub fn pod_ip(pod: &Pod) -> Result<Ipv4Addr> {
         .parse()?)
 }
 
-/// The pids of the processes of a pod's containers on this machine: those whose cgroup path
-/// names the pod's UID (cgroupfs: `.../kubepods/<qos>/pod<uid>/<container id>`). The sandbox's
-/// pause process counts.
+/// The pids of the processes of a pod's containers on this machine (pause included).
 pub fn pod_processes(pod: &Pod) -> Vec<i32> {
-    let Some(uid) = pod.metadata.uid.as_deref() else {
-        return Vec::new();
-    };
-    let needle = format!("pod{uid}");
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
-                .is_ok_and(|cgroup| cgroup.contains(&needle))
-        })
-        .filter(|pid| testbed::process::is_alive(*pid))
-        .collect()
+    pod.metadata
+        .uid
+        .as_deref()
+        .map(testbed::node::host::pod_processes)
+        .unwrap_or_default()
 }
 
 /// The user id a process runs as (the real uid of `/proc/<pid>/status`).
@@ -272,17 +259,7 @@ pub fn uid_of(pid: i32) -> Option<u32> {
         .ok()
 }
 
-/// The command line of a process, arguments joined by spaces.
-pub fn cmdline_of(pid: i32) -> String {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|raw| {
-            String::from_utf8_lossy(&raw)
-                .replace('\0', " ")
-                .trim()
-                .to_string()
-        })
-        .unwrap_or_default()
-}
+pub use testbed::node::host::cmdline_of;
 
 pub async fn scale(client: &kube::Client, ns: &str, name: &str, replicas: i32) -> Result<()> {
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);

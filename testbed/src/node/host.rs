@@ -298,6 +298,37 @@ pub fn sweep_machine_paths() {
     }
 }
 
+/// The live processes of a pod's containers on this machine (the sandbox's pause included):
+/// those whose cgroup path names the pod's UID, as the cgroupfs driver lays it out
+/// (`.../kubepods/<qos>/pod<uid>/<container id>`).
+pub fn pod_processes(pod_uid: &str) -> Vec<i32> {
+    let needle = format!("pod{pod_uid}");
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+                .is_ok_and(|cgroup| cgroup.contains(&needle))
+        })
+        .filter(|pid| crate::process::is_alive(*pid))
+        .collect()
+}
+
+/// The command line of a process, arguments joined by spaces.
+pub fn cmdline_of(pid: i32) -> String {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|raw| {
+            String::from_utf8_lossy(&raw)
+                .replace('\0', " ")
+                .trim()
+                .to_string()
+        })
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
