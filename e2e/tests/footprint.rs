@@ -1,12 +1,12 @@
 //! Footprint and scale of the operator: a benchmark report, not a timed test (`#[ignore]`; run
 //! by `scripts/bench-operator.sh`, which prints the Markdown report).
 //!
-//! 1. 100 GracefulServices (replicas 0 or 1, so the node agent stays light): operator RSS and
+//! 1. 100 GracefulServices (replicas 0 or 1, so the nodes stay light): operator RSS and
 //!    reconcile latency p50/p99 from its `graceful_operator_reconcile_duration_seconds`.
 //! 2. API writes per scale-down step, counted at the API server: the testbed's audit log records
 //!    every write with its user; the operator runs with a kubeconfig impersonating a user of its
 //!    own (bound to `operator/rbac.yaml`), so its writes are told apart from the controllers'
-//!    and the node agent's. Walks of 10 -> 1 with `preferIdlePods` on (default) and off.
+//!    and the kubelets'. Walks of 10 -> 1 with `preferIdlePods` on (default) and off.
 //! 3. A large service (`BENCH_LARGE_REPLICAS`, default 200) stepped down to 1
 //!    (`BENCH_LARGE_STEP`, default 1 replica per step).
 
@@ -266,7 +266,7 @@ async fn operator_footprint_report() -> Result<()> {
         ms(quantile(&steady, 0.99))
     );
     eprintln!("{report}");
-    // Free the node agent for what follows.
+    // Free the nodes for what follows.
     drop(scoped);
     let mut delete = tb.kubectl();
     delete.args(["delete", "namespace", &ns, "--wait=true", "--timeout=180s"]);
@@ -312,7 +312,7 @@ async fn operator_footprint_report() -> Result<()> {
     all_stable(&api, Duration::from_secs(1200)).await?;
     let up = started.elapsed().as_secs_f64();
     let at_size = memory_kib(operator.pid())?;
-    let app_kib = app_rss_kib(tb, ns);
+    let app_kib = app_rss_kib(&client, ns).await;
     let (steps, seconds, writes, delta) = bench
         .walk(&scoped, "large", replicas, step, Duration::from_secs(1800))
         .await?;
@@ -361,26 +361,20 @@ async fn operator_footprint_report() -> Result<()> {
     Ok(())
 }
 
-/// Sum of VmRSS of the namespace's running app processes (from the node agent's journal) and
-/// their number.
-fn app_rss_kib(tb: &testbed::Testbed, ns: &str) -> (u64, u64) {
-    let journal = testbed::agent::journal::read(&tb.run_dir().join("agent/agent-events.jsonl"))
-        .unwrap_or_default();
-    use testbed::agent::journal::Step;
-    let mut running = std::collections::BTreeSet::new();
-    for entry in journal.iter().filter(|e| e.namespace == ns) {
-        match (entry.step, entry.pid) {
-            (Step::Started, Some(pid)) => {
-                running.insert(pid);
-            }
-            (Step::Exited, Some(pid)) => {
-                running.remove(&pid);
-            }
-            _ => {}
-        }
-    }
-    running
+/// Sum of VmRSS of the namespace's running app processes (found through each pod's cgroup on
+/// its node) and their number.
+async fn app_rss_kib(client: &kube::Client, ns: &str) -> (u64, u64) {
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), ns);
+    let Ok(list) = pods.list(&Default::default()).await else {
+        return (0, 0);
+    };
+    list.items
         .iter()
-        .filter_map(|pid| memory_kib(*pid as u32).ok())
+        .filter_map(|pod| pod.metadata.uid.as_deref())
+        .flat_map(testbed::node::host::pod_processes)
+        .filter(|pid| {
+            testbed::node::host::cmdline_of(*pid).starts_with("/usr/local/bin/graceful-app")
+        })
+        .filter_map(|pid| memory_kib(pid as u32).ok())
         .fold((0, 0), |(sum, n), (rss, _)| (sum + rss, n + 1))
 }

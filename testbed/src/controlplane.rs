@@ -25,19 +25,9 @@ garbage-collector-controller,namespace-controller,serviceaccount-controller,\
 serviceaccount-token-controller,root-ca-certificate-publisher-controller,\
 clusterrole-aggregation-controller,horizontal-pod-autoscaler-controller";
 
-/// With real kubelets, whose heartbeats are real: node lifecycle (NotReady after the grace
-/// period, taints) and taint eviction. Left out with the stand-in node agent.
+/// The kubelets' heartbeats are real, so node lifecycle (NotReady after the grace period,
+/// taints) and taint eviction run too.
 pub const NODE_CONTROLLERS: &str = "node-lifecycle-controller,taint-eviction-controller";
-
-/// What kind of nodes the control plane serves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Nodes {
-    /// kubelets: Node authorization, NodeRestriction, the node controllers, and the API
-    /// server's client certificate towards them (logs, exec, port-forward).
-    Real,
-    /// The stand-in node agent (admin credentials, no heartbeats to watch).
-    StandIn,
-}
 
 /// Audit policy: metadata of every write (who, verb, resource, subresource, code), nothing for
 /// reads, so that tests and benchmarks can count each client's writes at the API server.
@@ -73,7 +63,6 @@ pub async fn start(
     pki: &Pki,
     run_dir: &Path,
     plan: &NetworkPlan,
-    nodes: Nodes,
     children: &Children,
 ) -> Result<ControlPlane> {
     let gateway = plan.gateway;
@@ -115,7 +104,7 @@ pub async fn start(
     let apiserver_port = free_port(gateway)?;
     let server = format!("https://{gateway}:{apiserver_port}");
     let path = |p: &Path| p.to_string_lossy().into_owned();
-    let mut apiserver_args = flags(&[
+    let apiserver_args = flags(&[
         ("etcd-servers", &etcd_url),
         ("bind-address", &gateway.to_string()),
         ("advertise-address", &gateway.to_string()),
@@ -124,6 +113,21 @@ pub async fn start(
         ("tls-private-key-file", &path(&pki.apiserver_key)),
         ("client-ca-file", &path(&pki.ca_cert)),
         ("service-cluster-ip-range", &plan.service_cidr),
+        // The kubelets: Node authorization with NodeRestriction, and the API server's client
+        // certificate towards them (logs, exec, port-forward).
+        ("authorization-mode", "Node,RBAC"),
+        ("enable-admission-plugins", "NodeRestriction"),
+        (
+            "kubelet-client-certificate",
+            &path(&pki.apiserver_kubelet_client.cert),
+        ),
+        (
+            "kubelet-client-key",
+            &path(&pki.apiserver_kubelet_client.key),
+        ),
+        // The node's InternalIP only: a hostname would be looked up in the host's DNS, and that
+        // lookup would leave the machine.
+        ("kubelet-preferred-address-types", "InternalIP"),
         (
             "service-node-port-range",
             &format!("{}-{}", node_ports.0, node_ports.1),
@@ -140,34 +144,6 @@ pub async fn start(
         ("audit-policy-file", &path(&audit_policy)),
         ("audit-log-path", &path(&run_dir.join(AUDIT_LOG))),
     ]);
-    apiserver_args.extend(flags(
-        &match nodes {
-            Nodes::Real => vec![
-                ("authorization-mode", "Node,RBAC".to_string()),
-                ("enable-admission-plugins", "NodeRestriction".into()),
-                (
-                    "kubelet-client-certificate",
-                    path(&pki.apiserver_kubelet_client.cert),
-                ),
-                (
-                    "kubelet-client-key",
-                    path(&pki.apiserver_kubelet_client.key),
-                ),
-                // The node's InternalIP only: a hostname would be looked up in the host's DNS,
-                // and that lookup would leave the machine.
-                ("kubelet-preferred-address-types", "InternalIP".into()),
-            ],
-            Nodes::StandIn => vec![
-                ("authorization-mode", "RBAC".to_string()),
-                // This plugin taints new nodes not-ready, and only node-lifecycle-controller (not
-                // run with stand-ins) lifts the taint; the agent registers its nodes Ready.
-                ("disable-admission-plugins", "TaintNodesByCondition".into()),
-            ],
-        }
-        .iter()
-        .map(|(name, value)| (*name, value.as_str()))
-        .collect::<Vec<_>>(),
-    ));
     children.start(
         "kube-apiserver",
         &bins.path("kube-apiserver"),
@@ -194,10 +170,7 @@ pub async fn start(
         &pki.controller_manager,
         "system:kube-controller-manager",
     )?;
-    let controllers = match nodes {
-        Nodes::Real => format!("{CONTROLLERS},{NODE_CONTROLLERS}"),
-        Nodes::StandIn => CONTROLLERS.to_string(),
-    };
+    let controllers = format!("{CONTROLLERS},{NODE_CONTROLLERS}");
     let kcm_args = flags(&[
         ("kubeconfig", &path(&kcm_config)),
         ("leader-elect", "false"),

@@ -27,25 +27,15 @@ pub struct Testbed {
 /// Bounds the whole startup, including a cold Go build of the control plane.
 const STARTUP_LIMIT: Duration = Duration::from_secs(100 * 60);
 
-/// The testbed of this test binary, with real nodes, started on first use. Blocks while it
-/// starts; all tests of the binary get the same one (or the same startup error).
+/// The testbed of this test binary, started on first use. Blocks while it starts; all tests of
+/// the binary get the same one (or the same startup error).
 pub fn shared() -> Result<&'static Testbed> {
-    shared_of(&[])
-}
-
-/// Like [`shared`], with the stand-in node agent and service proxy instead of real nodes, for
-/// the proofs that have not moved to real nodes yet.
-pub fn shared_stand_in() -> Result<&'static Testbed> {
-    shared_of(&["--stand-in-nodes"])
-}
-
-fn shared_of(flags: &'static [&'static str]) -> Result<&'static Testbed> {
     static SHARED: OnceLock<std::result::Result<Testbed, String>> = OnceLock::new();
     SHARED
         .get_or_init(|| {
             let started = match std::env::var_os("TESTBED_KUBECONFIG") {
                 Some(path) => Testbed::from_kubeconfig(Path::new(&path)),
-                None => Testbed::spawn(flags),
+                None => Testbed::spawn(),
             };
             started.map_err(|error| format!("{error:#}"))
         })
@@ -72,11 +62,10 @@ impl Testbed {
     }
 
     /// Starts a supervisor watching this process and waits for its `KUBECONFIG=` line.
-    fn spawn(flags: &[&str]) -> Result<Self> {
+    fn spawn() -> Result<Self> {
         let testbed = bin_path("testbed")?;
         let mut child = Command::new(&testbed)
             .args(["up", "--watch-parent", &std::process::id().to_string()])
-            .args(flags)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -117,28 +106,26 @@ impl Testbed {
         &self.info.run_dir
     }
 
-    /// Where a node port answers from the host: on node 0's address with real nodes, on
-    /// 127.0.0.1 with the stand-in proxy.
+    /// Where a node port answers from the host: on node 0's address (every node's serves it).
     pub fn node_port_addr(&self, port: u16) -> std::net::SocketAddr {
-        match self.info.nodes.first() {
-            Some(node) => (node.ip, port).into(),
-            None => (Ipv4Addr::LOCALHOST, port).into(),
-        }
+        let ip = self
+            .info
+            .nodes
+            .first()
+            .map_or(Ipv4Addr::LOCALHOST, |node| node.ip);
+        (ip, port).into()
     }
 
-    /// Every node's address (empty with stand-ins).
+    /// Every node's address.
     pub fn node_ips(&self) -> Vec<Ipv4Addr> {
         self.info.nodes.iter().map(|node| node.ip).collect()
     }
 
     /// Makes `repository:tag` an image on every node: the image the testbed built for
     /// `repository`, rebuilt with a label naming the tag (same files, its own digest), so that
-    /// a test can roll a Deployment to a new tag and see the kubelet report it. With stand-ins
-    /// any tag maps already.
+    /// a test can roll a Deployment to a new tag and see the kubelet report it.
     pub fn tag_image(&self, repository: &str, tag: &str) -> Result<()> {
-        let Some(runtime) = &self.info.node_runtime_dir else {
-            return Ok(());
-        };
+        let runtime = &self.info.node_runtime_dir;
         let image = self
             .info
             .images

@@ -1,12 +1,11 @@
 //! The testbed: a real local Kubernetes cluster. The control plane (etcd, kube-apiserver,
 //! kube-controller-manager, kube-scheduler) and the nodes' kubelet and kube-proxy are built
 //! from the Go module in `go/`; containerd, runc and the CNI plugins come from Debian; the
-//! images are built from this repository. `--stand-in-nodes` runs the older stand-ins instead.
+//! images are built from this repository. The crate supervises them; it re-implements none.
 //! Test tooling only: nothing shipped depends on it.
 //!
 //! Tests use [`shared`]; people use `cargo run -p testbed -- up`.
 
-pub mod agent;
 pub mod binaries;
 pub mod certs;
 pub mod controlplane;
@@ -16,9 +15,7 @@ pub mod kubeconfig;
 pub mod network;
 pub mod node;
 pub mod process;
-pub mod proxy;
 pub mod slot;
-pub mod standin;
 pub mod supervisor;
 
 pub use fixture::{Testbed, bin_path, shared};

@@ -8,7 +8,7 @@ use testbed::supervisor::UpArgs;
 #[derive(Debug, Parser)]
 #[command(
     version,
-    about = "Local Kubernetes control plane, node agent and service proxy"
+    about = "Local Kubernetes cluster: real control plane and nodes"
 )]
 struct Cli {
     #[command(subcommand)]

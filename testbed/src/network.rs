@@ -17,9 +17,8 @@ pub struct NetworkPlan {
     /// Prefix of every network namespace the run creates; teardown deletes all that match.
     pub netns_prefix: String,
     pub gateway: Ipv4Addr,
-    /// The bridge's subnet, `10.213.<slot>.0/24`: the gateway, the nodes' addresses (and the
-    /// stand-in node agent's pod addresses).
-    pub pod_cidr: String,
+    /// The bridge's subnet, `10.213.<slot>.0/24`: the gateway and the nodes' addresses.
+    pub bridge_cidr: String,
     /// The real nodes' pods: a /20 of the slot's own (see [`slot_block`]), a /24 per node.
     pub cluster_cidr: String,
     /// The Services' cluster IPs: a /20 of the slot's own, so that the host routes of
@@ -70,7 +69,7 @@ impl NetworkPlan {
             bridge: format!("{NAME_PREFIX}{slot}"),
             netns_prefix: format!("{NAME_PREFIX}{slot}-"),
             gateway: Ipv4Addr::new(10, 213, slot, 1),
-            pod_cidr: format!("10.213.{slot}.0/24"),
+            bridge_cidr: format!("10.213.{slot}.0/24"),
             cluster_cidr: format!("{}/20", slot_block(PODS_SPACE, slot)),
             service_cidr: format!("{}/20", slot_block(SERVICES_SPACE, slot)),
             service_ip: next(slot_block(SERVICES_SPACE, slot)),
@@ -254,7 +253,7 @@ mod tests {
         let plan = NetworkPlan::for_slot(254);
         assert!(plan.bridge.len() <= 15);
         assert_eq!(plan.gateway, Ipv4Addr::new(10, 213, 254, 1));
-        assert_eq!(plan.pod_cidr, "10.213.254.0/24");
+        assert_eq!(plan.bridge_cidr, "10.213.254.0/24");
         assert_eq!(slot_of_bridge(&plan.bridge), Some(254));
         assert_eq!(slot_of_bridge("gtbx"), None);
     }

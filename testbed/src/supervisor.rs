@@ -13,12 +13,12 @@ use k8s_openapi::api::core::v1::Node;
 use serde::{Deserialize, Serialize};
 
 use crate::binaries::{Binaries, NodeRuntime};
-use crate::controlplane::{self, Nodes};
+use crate::controlplane;
 use crate::network::NetworkPlan;
 use crate::node::{self, NodeInfo, NodesSetup, ProxyMode};
 use crate::process::{self, Children};
 use crate::slot::Slot;
-use crate::{certs, images, kubeconfig, standin};
+use crate::{certs, images, kubeconfig};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct UpArgs {
@@ -35,13 +35,6 @@ pub struct UpArgs {
     /// kube-proxy's mode on every node.
     #[arg(long, value_enum, default_value_t = ProxyMode::Iptables)]
     pub proxy_mode: ProxyMode,
-    /// Run the stand-ins of this crate (node-agent for kubelet and runtime, svc-proxy for
-    /// kube-proxy) instead of real nodes: kept only while proofs move to real nodes.
-    #[arg(long)]
-    pub stand_in_nodes: bool,
-    /// With --stand-in-nodes: how far the service proxy's view lags the API.
-    #[arg(long, default_value_t = 1000)]
-    pub propagation_delay_ms: u64,
     /// Keep the run dir (logs, etcd data) after teardown.
     #[arg(long)]
     pub keep: bool,
@@ -58,26 +51,24 @@ pub struct RunInfo {
     pub apiserver_port: u16,
     pub ca_file: PathBuf,
     pub bridge: String,
-    pub pod_cidr: String,
+    /// The bridge's subnet (gateway and nodes).
+    pub bridge_cidr: String,
+    /// All pods' addresses, a /24 per node.
+    pub cluster_cidr: String,
     pub netns_prefix: String,
     pub controlplane_dir: PathBuf,
     pub supervisor_pid: u32,
     /// The API server's `--service-node-port-range` (first, last).
-    #[serde(default)]
     pub node_ports: (u16, u16),
-    /// The real nodes (empty with stand-ins); node ports answer on each node's `ip`.
-    #[serde(default)]
+    /// The nodes; node ports answer on each node's `ip`.
     pub nodes: Vec<NodeInfo>,
-    /// containerd, runc, CNI plugins and umoci of the real nodes.
-    #[serde(default)]
-    pub node_runtime_dir: Option<PathBuf>,
+    /// containerd, runc, CNI plugins and umoci of the nodes.
+    pub node_runtime_dir: PathBuf,
     /// The images every node imported (app, operator, pause).
-    #[serde(default)]
     pub images: Vec<node::ImageArchive>,
-    #[serde(default)]
+    /// The Services' cluster IP range (the host routes it to node 0).
     pub service_cidr: String,
-    #[serde(default)]
-    pub proxy_mode: Option<ProxyMode>,
+    pub proxy_mode: ProxyMode,
 }
 
 pub const RUN_INFO_FILE: &str = "testbed.json";
@@ -91,7 +82,6 @@ const NODES_READY: Duration = Duration::from_secs(60);
 /// Grace between SIGTERM and SIGKILL per child at teardown: the agent stops its pods first.
 fn stop_grace(name: &str) -> Duration {
     match name {
-        "node-agent" => Duration::from_secs(15),
         "etcd" | "kube-apiserver" => Duration::from_secs(5),
         // Pods are not drained at teardown: their cgroups are killed right after.
         _ => Duration::from_secs(3),
@@ -188,13 +178,8 @@ async fn start_and_watch(
 ) -> Result<()> {
     eprintln!("testbed: locating or building the control plane binaries");
     let bins = Binaries::locate_or_build().await?;
-    let real = !args.stand_in_nodes;
-    let runtime = if real {
-        eprintln!("testbed: locating or installing the node runtime");
-        Some(NodeRuntime::locate_or_install().await?)
-    } else {
-        None
-    };
+    eprintln!("testbed: locating or installing the node runtime");
+    let runtime = NodeRuntime::locate_or_install().await?;
     plan.create()?;
     let node_names: Vec<String> = (0..args.nodes).map(node::node_name).collect();
     let pki = certs::generate(
@@ -207,47 +192,25 @@ async fn start_and_watch(
         "testbed: starting the control plane (logs in {}/logs)",
         run_dir.display()
     );
-    let kind = if real { Nodes::Real } else { Nodes::StandIn };
-    let cp = controlplane::start(&bins, &pki, run_dir, plan, kind, children).await?;
-    let mut nodes = Vec::new();
-    let mut built = Vec::new();
-    match &runtime {
-        Some(runtime) => {
-            node::host::record_sysctls(&crate::slot::registry_dir())?;
-            node::host::add_forward_guard(&plan.bridge)?;
-            let images = images::project_images(&bins, &runtime.dir, &run_dir.join("images"))?;
-            eprintln!("testbed: starting {} nodes", args.nodes);
-            let setup = NodesSetup {
-                plan,
-                pki: &pki,
-                server: &cp.server,
-                run_dir,
-                runtime: &runtime.dir,
-                kubelet: &bins.path("kubelet"),
-                kube_proxy: &bins.path("kube-proxy"),
-                proxy_mode: args.proxy_mode,
-                images: &images,
-                count: args.nodes,
-            };
-            nodes = node::start(&setup, children).await?;
-            built = images;
-            wait_for_ready_nodes(&cp.kubeconfig, args.nodes, children, &run_dir.join("logs"))
-                .await?;
-        }
-        None => {
-            let agent = standin::start_agent(args, run_dir, plan, &cp, &pki.ca_cert, children)?;
-            standin::start_proxy(args, run_dir, &cp, children)?;
-            if agent {
-                wait_for_ready_nodes(
-                    &cp.kubeconfig,
-                    args.nodes,
-                    children,
-                    &run_dir.join("logs/node-agent.log"),
-                )
-                .await?;
-            }
-        }
-    }
+    let cp = controlplane::start(&bins, &pki, run_dir, plan, children).await?;
+    node::host::record_sysctls(&crate::slot::registry_dir())?;
+    node::host::add_forward_guard(&plan.bridge)?;
+    let images = images::project_images(&bins, &runtime.dir, &run_dir.join("images"))?;
+    eprintln!("testbed: starting {} nodes", args.nodes);
+    let setup = NodesSetup {
+        plan,
+        pki: &pki,
+        server: &cp.server,
+        run_dir,
+        runtime: &runtime.dir,
+        kubelet: &bins.path("kubelet"),
+        kube_proxy: &bins.path("kube-proxy"),
+        proxy_mode: args.proxy_mode,
+        images: &images,
+        count: args.nodes,
+    };
+    let nodes = node::start(&setup, children).await?;
+    wait_for_ready_nodes(&cp.kubeconfig, args.nodes, children, &run_dir.join("logs")).await?;
     let info = RunInfo {
         kubeconfig: cp.kubeconfig.clone(),
         run_dir: run_dir.to_path_buf(),
@@ -256,16 +219,17 @@ async fn start_and_watch(
         apiserver_port: cp.apiserver_port,
         ca_file: pki.ca_cert.clone(),
         bridge: plan.bridge.clone(),
-        pod_cidr: plan.pod_cidr.clone(),
+        bridge_cidr: plan.bridge_cidr.clone(),
+        cluster_cidr: plan.cluster_cidr.clone(),
         netns_prefix: plan.netns_prefix.clone(),
         controlplane_dir: bins.dir.clone(),
         supervisor_pid: std::process::id(),
         node_ports: plan.node_ports,
         nodes,
-        node_runtime_dir: runtime.map(|r| r.dir),
-        images: built,
+        node_runtime_dir: runtime.dir,
+        images,
         service_cidr: plan.service_cidr.clone(),
-        proxy_mode: real.then_some(args.proxy_mode),
+        proxy_mode: args.proxy_mode,
     };
     std::fs::write(
         run_dir.join(RUN_INFO_FILE),
@@ -302,12 +266,6 @@ async fn start_and_watch(
             }
         }
     }
-}
-
-/// A workspace binary next to the running `testbed` binary (same cargo target dir).
-pub(crate) fn sibling(name: &str) -> Option<PathBuf> {
-    let path = std::env::current_exe().ok()?.parent()?.join(name);
-    path.is_file().then_some(path)
 }
 
 /// Waits until `wanted` Nodes are Ready; `logs` is named in the error.
