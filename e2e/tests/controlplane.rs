@@ -1,6 +1,9 @@
 //! The control-plane half of the testbed against itself: the real API answers, kubectl works,
-//! objects round-trip through etcd, RBAC is really enforced, and a supervisor leaves nothing
-//! behind however it ends (signal, death of the watched parent, SIGKILL plus cleanup).
+//! objects round-trip through etcd, RBAC is really enforced, and a supervisor with a running pod
+//! leaves nothing behind however it ends (signal, death of the watched parent, SIGKILL plus
+//! cleanup): no process, container, network namespace, bridge, cgroup, mount, nft table, log link
+//! or CNI cache of its own, and the kernel settings its kubelet changed are back once no run is
+//! live.
 //!
 //! Needs the workspace binaries: `cargo build --workspace --bins` first.
 
@@ -137,15 +140,73 @@ fn token_kubeconfig(dir: &Path, server: &str, ca: &Path, token: &str) -> Result<
     Ok(path)
 }
 
-/// A supervisor of its own (not the shared one), started by this test.
+/// A supervisor of its own (not the shared one), started by this test, with one pod running.
 struct OwnRun {
     supervisor: Child,
     info: RunInfo,
     children: Vec<i32>,
+    /// The pod's processes (pause and app), which are not the supervisor's children.
+    pod_processes: Vec<i32>,
+    /// The kubelet's sysctls before the run, when no other run was live (else `None`).
+    sysctls_before: Option<Vec<String>>,
+}
+
+fn kubelet_sysctls() -> Vec<String> {
+    testbed::node::host::KUBELET_SYSCTLS
+        .iter()
+        .map(|name| std::fs::read_to_string(Path::new("/proc/sys").join(name)).unwrap_or_default())
+        .collect()
+}
+
+/// Whether any testbed run is registered on the machine.
+fn any_run_registered() -> bool {
+    std::fs::read_dir(testbed::slot::registry_dir()).is_ok_and(|entries| {
+        entries.flatten().any(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.parse::<u8>().is_ok())
+        })
+    })
+}
+
+/// Starts one app pod on the run and returns its processes once it is Ready.
+fn start_pod(kubeconfig: &Path) -> Result<Vec<i32>> {
+    let kubectl = |args: &[&str]| -> Result<String> {
+        let out = Command::new("kubectl")
+            .env("KUBECONFIG", kubeconfig)
+            .args(args)
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "kubectl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    kubectl(&[
+        "run",
+        "leftover",
+        "--image=ghcr.io/graceful-dev/graceful-app:0.1.0",
+        "--image-pull-policy=Never",
+    ])?;
+    kubectl(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod/leftover",
+        "--timeout=60s",
+    ])?;
+    let uid = kubectl(&["get", "pod", "leftover", "-o", "jsonpath={.metadata.uid}"])?;
+    let processes = testbed::node::host::pod_processes(uid.trim());
+    ensure!(
+        processes.len() >= 2,
+        "pause and app expected: {processes:?}"
+    );
+    Ok(processes)
 }
 
 impl OwnRun {
     fn start(watch_parent: u32) -> Result<Self> {
+        let sysctls_before = (!any_run_registered()).then(kubelet_sysctls);
         let mut supervisor = Command::new(testbed::bin_path("testbed")?)
             .args([
                 "up",
@@ -175,40 +236,99 @@ impl OwnRun {
             serde_json::from_slice(&std::fs::read(kubeconfig.with_file_name(RUN_INFO_FILE))?)?;
         let children = children_of(supervisor.id() as i32);
         ensure!(
-            children.len() >= 4,
-            "expected the control plane's processes, got {children:?}"
+            children.len() >= 7,
+            "expected the control plane's and the node's processes, got {children:?}"
         );
+        let pod_processes = start_pod(&kubeconfig)?;
         Ok(Self {
             supervisor,
             info,
             children,
+            pod_processes,
+            sysctls_before,
         })
     }
 
-    /// Waits (bounded) until the run has left nothing: supervisor, children, namespaces,
-    /// bridge, run dir.
+    /// What of the run is still there, described; empty when nothing is.
+    fn leftovers(&mut self) -> Result<Vec<String>> {
+        use testbed::node::host;
+        let mut left = Vec::new();
+        if self.supervisor.try_wait()?.is_none() {
+            left.push("supervisor running".into());
+        }
+        let alive: Vec<i32> = self
+            .children
+            .iter()
+            .chain(&self.pod_processes)
+            .copied()
+            .filter(|pid| alive(*pid))
+            .collect();
+        if !alive.is_empty() {
+            left.push(format!("processes {alive:?}"));
+        }
+        let netns = testbed::network::netns_with_prefix(&self.info.netns_prefix);
+        if !netns.is_empty() {
+            left.push(format!("netns {netns:?}"));
+        }
+        if testbed::network::link_exists(&self.info.bridge) {
+            left.push("bridge".into());
+        }
+        if self.info.run_dir.exists() {
+            left.push("run dir".into());
+        }
+        let cgroups = host::cgroup_roots_with_prefix(&self.info.netns_prefix);
+        if !cgroups.is_empty() {
+            left.push(format!("cgroups {cgroups:?}"));
+        }
+        let mounts = host::mounts_under(&self.info.run_dir);
+        if !mounts.is_empty() {
+            left.push(format!("mounts {mounts:?}"));
+        }
+        if host::forward_guard_exists(&self.info.bridge) {
+            left.push("nft guard table".into());
+        }
+        let links: Vec<_> = std::fs::read_dir("/var/log/containers")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| {
+                std::fs::read_link(e.path()).is_ok_and(|t| t.starts_with(&self.info.run_dir))
+            })
+            .map(|e| e.path())
+            .collect();
+        if !links.is_empty() {
+            left.push(format!("log links {links:?}"));
+        }
+        let run = self.info.run_dir.display().to_string();
+        let caches: Vec<_> = std::fs::read_dir("/var/lib/cni/results")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| std::fs::read_to_string(e.path()).is_ok_and(|t| t.contains(&run)))
+            .map(|e| e.path())
+            .collect();
+        if !caches.is_empty() {
+            left.push(format!("CNI caches {caches:?}"));
+        }
+        if let Some(before) = &self.sysctls_before
+            && !any_run_registered()
+            && kubelet_sysctls() != *before
+        {
+            left.push(format!("sysctls {:?}, were {before:?}", kubelet_sysctls()));
+        }
+        Ok(left)
+    }
+
+    /// Waits (bounded) until the run has left nothing (see [`OwnRun::leftovers`]).
     fn assert_gone(mut self, limit: Duration) -> Result<()> {
         let deadline = Instant::now() + limit;
         loop {
-            let supervisor_done = self.supervisor.try_wait()?.is_some();
-            let alive: Vec<_> = self
-                .children
-                .iter()
-                .copied()
-                .filter(|pid| alive(*pid))
-                .collect();
-            let netns = testbed::network::netns_with_prefix(&self.info.netns_prefix);
-            let bridge = testbed::network::link_exists(&self.info.bridge);
-            let run_dir = self.info.run_dir.exists();
-            if supervisor_done && alive.is_empty() && netns.is_empty() && !bridge && !run_dir {
+            let left = self.leftovers()?;
+            if left.is_empty() {
                 return Ok(());
             }
             if Instant::now() >= deadline {
-                bail!(
-                    "left behind after {limit:?}: supervisor running={}, processes={alive:?}, \
-                     netns={netns:?}, bridge={bridge}, run dir={run_dir}",
-                    !supervisor_done
-                );
+                bail!("left behind after {limit:?}: {}", left.join("; "));
             }
             std::thread::sleep(Duration::from_millis(200));
         }
@@ -265,18 +385,19 @@ fn death_of_the_watched_parent_tears_everything_down() -> Result<()> {
 fn sigkilled_supervisor_leaves_nothing_after_cleanup() -> Result<()> {
     let run = OwnRun::start(std::process::id())?;
     signal(run.supervisor.id(), "-KILL")?;
-    // The children die with their parent (PR_SET_PDEATHSIG); the bridge, namespaces and run dir
-    // are removed by the next run's startup, or by `testbed cleanup`.
-    let mut supervisor = run.supervisor;
-    supervisor.wait()?;
+    // The children die with their parent (PR_SET_PDEATHSIG); the containers and shims, which
+    // containerd daemonized, and the bridge, namespaces, cgroups, mounts and run dir are removed
+    // by the next run's startup, or by `testbed cleanup`.
+    let mut run = run;
+    run.supervisor.wait()?;
+    std::thread::sleep(Duration::from_secs(1));
+    ensure!(
+        run.pod_processes.iter().any(|pid| alive(*pid)),
+        "the pod died with the supervisor: this test no longer shows that cleanup removes it"
+    );
     let status = Command::new(testbed::bin_path("testbed")?)
         .arg("cleanup")
         .status()?;
     ensure!(status.success(), "testbed cleanup failed: {status}");
-    OwnRun {
-        supervisor,
-        info: run.info,
-        children: run.children,
-    }
-    .assert_gone(Duration::from_secs(30))
+    run.assert_gone(Duration::from_secs(30))
 }

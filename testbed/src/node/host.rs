@@ -61,23 +61,33 @@ pub fn restore_sysctls(registry: &Path) {
     let _ = std::fs::remove_dir(registry.join("host"));
 }
 
-/// The filter chain that keeps the run's bridge from being a router: traffic between the run's
-/// own addresses is accepted, anything else the host would forward into or out of the bridge is
-/// dropped. Nodes have no default route, so this is a second net, for hosts that forward.
-fn forward_chain(bridge: &str) -> String {
-    format!("{}-FWD", bridge.to_uppercase())
+/// The nftables table that keeps the run's bridge from being a router: anything the host would
+/// forward into or out of the bridge from or to another interface is dropped (traffic between
+/// the nodes on the bridge is untouched). Nodes have no default route, so this is a second net,
+/// for hosts that forward. A table of its own, so that teardown deletes it whole and leaves the
+/// host's own rules as they were.
+fn guard_table(bridge: &str) -> String {
+    format!("{bridge}-guard")
 }
 
-fn iptables(args: &[&str]) -> Result<()> {
-    let out = Command::new("iptables")
-        .args(["-w", "5"])
-        .args(args)
-        .output()
-        .context("cannot run iptables")?;
+fn nft(script: &str) -> Result<()> {
+    use std::io::Write;
+    let mut child = Command::new("nft")
+        .arg("-f")
+        .arg("-")
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("cannot run nft")?;
+    child
+        .stdin
+        .take()
+        .context("no stdin")?
+        .write_all(script.as_bytes())?;
+    let out = child.wait_with_output()?;
     if !out.status.success() {
         bail!(
-            "`iptables {}` failed: {}",
-            args.join(" "),
+            "nft failed: {}\n{script}",
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
@@ -85,21 +95,31 @@ fn iptables(args: &[&str]) -> Result<()> {
 }
 
 pub fn add_forward_guard(bridge: &str) -> Result<()> {
-    let chain = forward_chain(bridge);
     remove_forward_guard(bridge);
-    iptables(&["-N", &chain])?;
-    iptables(&["-A", &chain, "-i", bridge, "-o", bridge, "-j", "ACCEPT"])?;
-    iptables(&["-A", &chain, "-i", bridge, "-j", "DROP"])?;
-    iptables(&["-A", &chain, "-o", bridge, "-j", "DROP"])?;
-    iptables(&["-I", "FORWARD", "1", "-j", &chain])?;
-    Ok(())
+    let table = guard_table(bridge);
+    nft(&format!(
+        "table inet {table} {{\n\
+         \tchain forward {{\n\
+         \t\ttype filter hook forward priority filter - 10; policy accept;\n\
+         \t\tiifname \"{bridge}\" oifname != \"{bridge}\" drop\n\
+         \t\toifname \"{bridge}\" iifname != \"{bridge}\" drop\n\
+         \t}}\n\
+         }}\n"
+    ))
+}
+
+/// Whether the run's guard table exists (tests check that teardown removed it).
+pub fn forward_guard_exists(bridge: &str) -> bool {
+    Command::new("nft")
+        .args(["list", "table", "inet", &guard_table(bridge)])
+        .output()
+        .is_ok_and(|out| out.status.success())
 }
 
 pub fn remove_forward_guard(bridge: &str) {
-    let chain = forward_chain(bridge);
-    while iptables(&["-D", "FORWARD", "-j", &chain]).is_ok() {}
-    let _ = iptables(&["-F", &chain]);
-    let _ = iptables(&["-X", &chain]);
+    if forward_guard_exists(bridge) {
+        let _ = nft(&format!("delete table inet {}\n", guard_table(bridge)));
+    }
 }
 
 /// The mounted cgroup hierarchies: the v1 ones (`/sys/fs/cgroup/<name>`) and, on a hybrid
@@ -340,8 +360,8 @@ mod tests {
     }
 
     #[test]
-    fn guard_chain_name_is_the_bridges() {
-        assert_eq!(forward_chain("gtb7"), "GTB7-FWD");
+    fn guard_table_name_is_the_bridges() {
+        assert_eq!(guard_table("gtb7"), "gtb7-guard");
     }
 
     #[test]
