@@ -6,12 +6,13 @@
 #                                # rolling update of 10 and scale-down 20 -> 1), ~15 minutes
 #   ./scripts/demo.sh -- --clients 500 ...   # extra flags for the experiment command
 #
-# It builds what it needs (the control plane from the pinned Go module, cached; the Rust
-# binaries in release mode), starts a local testbed (real kube-apiserver, node agent running pods
-# as processes in network namespaces, service proxy on 127.0.0.1:<nodePort>), installs the
-# operator with its Helm chart, creates a GracefulService, then runs the rollout experiment with
-# progress on stderr, prints the table and leaves the table, plot (SVG) and raw numbers in
-# results/. Everything it started is torn down on exit, also on Ctrl-C or failure.
+# It builds what it needs (Kubernetes from the pinned Go module and the node runtime from
+# Debian packages, both cached; the Rust binaries in release mode), starts a local testbed (a
+# real control plane and 3 real nodes with containerd, kubelet and kube-proxy, running images
+# built from this repository), installs the operator with its Helm chart, creates a
+# GracefulService, then runs the rollout experiment with progress on stderr, prints the table
+# and leaves the table, plot (SVG) and raw numbers in results/. Everything it started is torn
+# down on exit, also on Ctrl-C or failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,15 +30,20 @@ done
 
 step() { printf '\n\033[1m==> %s\033[0m\n' "$*" >&2; }
 [[ $(id -u) -eq 0 ]] || { echo "the testbed creates network namespaces: run as root" >&2; exit 1; }
-for tool in go cargo kubectl ip; do
+for tool in go cargo gcc ip; do
   command -v "$tool" >/dev/null || { echo "$tool is required" >&2; exit 1; }
 done
 
-step "control plane binaries (cached; the first build on 2 cores takes a while)"
+step "Kubernetes binaries (cached; the first build on 2 cores takes about 5 minutes)"
 bin_dir=$(testbed/scripts/build-controlplane.sh)
 export TESTBED_CONTROLPLANE_DIR="$bin_dir"
+export PATH="$bin_dir:$PATH" # the pinned kubectl and helm
 
-step "Rust binaries (release): testbed, node agent, service proxy, app, operator, experiment"
+step "node runtime: containerd, runc, CNI plugins, umoci (Debian packages, cached)"
+TESTBED_NODE_RUNTIME_DIR=$(testbed/scripts/install-node-runtime.sh)
+export TESTBED_NODE_RUNTIME_DIR
+
+step "Rust binaries (release): testbed, app, operator, experiment"
 cargo build --release --locked -p testbed -p graceful-app -p graceful-operator -p experiment
 
 work=$(mktemp -d /tmp/graceful-demo.XXXXXX)
@@ -86,7 +92,6 @@ metadata:
   namespace: demo
 spec:
   replicas: 3
-  image: ghcr.io/graceful-dev/graceful-app:v1
   service:
     type: NodePort
 YAML
@@ -95,8 +100,9 @@ for _ in $(seq 1 120); do kubectl -n demo get deployment hello >/dev/null 2>&1 &
 kubectl -n demo wait --for=condition=Available deployment/hello --timeout=120s
 kubectl -n demo get gsvc,deployment,service,pdb,pods
 node_port=$(kubectl -n demo get service hello -o jsonpath='{.spec.ports[0].nodePort}')
-sleep 2 # the proxy's propagation lag
-echo "GET http://127.0.0.1:$node_port/ -> $(curl -s --max-time 5 "http://127.0.0.1:$node_port/" || echo "(curl failed)")"
+node_ip=$(kubectl get node node-0 -o jsonpath='{.status.addresses[?(@.type=="InternalIP")].address}')
+sleep 2 # kube-proxy syncs at most once a second
+echo "GET http://$node_ip:$node_port/ -> $(curl -s --max-time 5 "http://$node_ip:$node_port/" || echo "(curl failed)")"
 kubectl delete namespace demo --wait=false
 
 if ((full)); then

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The project's test command: everything CI runs, in the order a failure is cheapest to find.
 #   ./scripts/test.sh
-# Needs root (the testbed creates network namespaces), Go and Rust. Build outputs are cached
+# Needs root (the testbed runs real nodes: network namespaces, cgroups, containerd), Go, Rust
+# and gcc; Debian packages come from apt. Build outputs are cached
 # outside git (~/.cache/graceful-operator for the control plane, target/ for Rust).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,9 +11,13 @@ step() { printf '\n==> %s\n' "$*" >&2; }
 step "formatting"
 cargo fmt --all -- --check
 
-step "control plane binaries (cached; the first build took 5 min 16 s on 2 cores)"
+step "Kubernetes binaries (cached; the first build took 4 min 35 s on 2 cores)"
 bin_dir=$(testbed/scripts/build-controlplane.sh)
 export TESTBED_BIN_DIR="$bin_dir"
+
+step "node runtime: containerd, runc, CNI plugins, umoci, iptables, nftables (cached)"
+TESTBED_NODE_RUNTIME_DIR=$(testbed/scripts/install-node-runtime.sh)
+export TESTBED_NODE_RUNTIME_DIR
 
 step "Rust binaries (app, operator, testbed tools)"
 cargo build --locked --workspace --bins

@@ -170,10 +170,10 @@ fn any_run_registered() -> bool {
 }
 
 /// Starts one app pod on the run and returns its processes once it is Ready.
-fn start_pod(kubeconfig: &Path) -> Result<Vec<i32>> {
+fn start_pod(info: &RunInfo) -> Result<Vec<i32>> {
     let kubectl = |args: &[&str]| -> Result<String> {
-        let out = Command::new("kubectl")
-            .env("KUBECONFIG", kubeconfig)
+        let out = Command::new(info.controlplane_dir.join("kubectl"))
+            .env("KUBECONFIG", &info.kubeconfig)
             .args(args)
             .output()?;
         ensure!(
@@ -239,7 +239,7 @@ impl OwnRun {
             children.len() >= 7,
             "expected the control plane's and the node's processes, got {children:?}"
         );
-        let pod_processes = start_pod(&kubeconfig)?;
+        let pod_processes = start_pod(&info)?;
         Ok(Self {
             supervisor,
             info,

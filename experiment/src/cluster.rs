@@ -198,7 +198,12 @@ impl Cluster {
             crd.display(),
             operator_bin.display()
         );
-        let status = Command::new("kubectl")
+        // A testbed's pinned kubectl, else the one on PATH.
+        let kubectl = self.testbed.as_ref().map_or_else(
+            || PathBuf::from("kubectl"),
+            |tb| tb.info().controlplane_dir.join("kubectl"),
+        );
+        let status = Command::new(kubectl)
             .args(["apply", "--server-side", "-f"])
             .arg(crd)
             .arg("--kubeconfig")

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds etcd, kube-apiserver, kube-controller-manager, kube-scheduler, the node components kubelet
+# Builds etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, the node components kubelet
 # and kube-proxy, and helm from the pinned Go module in testbed/go into a cache folder outside git,
 # and prints that folder. It also compiles the pause container's program from the same module's
 # source (build/pause/linux/pause.c, static, with gcc). A second run with
@@ -41,6 +41,7 @@ build kube-controller-manager k8s.io/kubernetes/cmd/kube-controller-manager
 build kube-scheduler k8s.io/kubernetes/cmd/kube-scheduler
 build kubelet k8s.io/kubernetes/cmd/kubelet
 build kube-proxy k8s.io/kubernetes/cmd/kube-proxy
+build kubectl k8s.io/kubernetes/cmd/kubectl
 build helm helm.sh/helm/v3/cmd/helm
 if [[ ! -x "$out/pause" ]]; then
   src="$(go env GOMODCACHE)/k8s.io/kubernetes@$k8s_version/build/pause/linux/pause.c"

@@ -11,7 +11,7 @@ use nix::fcntl::{Flock, FlockArg};
 
 use crate::process::spawn_guarded;
 
-/// The folder holding etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubelet,
+/// The folder holding etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kubelet,
 /// kube-proxy, the pause program and helm.
 #[derive(Debug, Clone)]
 pub struct Binaries {
@@ -22,11 +22,12 @@ pub struct Binaries {
 const BUILD_LIMIT: Duration = Duration::from_secs(90 * 60);
 const PROGRESS_EVERY: Duration = Duration::from_secs(30);
 
-pub const COMPONENTS: [&str; 8] = [
+pub const COMPONENTS: [&str; 9] = [
     "etcd",
     "kube-apiserver",
     "kube-controller-manager",
     "kube-scheduler",
+    "kubectl",
     "kubelet",
     "kube-proxy",
     "pause",

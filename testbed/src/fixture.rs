@@ -157,9 +157,10 @@ impl Testbed {
         kubeconfig::client(&self.info.kubeconfig).await
     }
 
-    /// `kubectl` with `KUBECONFIG` pointing at this testbed.
+    /// The pinned `kubectl` (built with the control plane) with `KUBECONFIG` pointing at this
+    /// testbed.
     pub fn kubectl(&self) -> Command {
-        let mut command = Command::new("kubectl");
+        let mut command = Command::new(self.info.controlplane_dir.join("kubectl"));
         command.env("KUBECONFIG", &self.info.kubeconfig);
         command
     }

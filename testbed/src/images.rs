@@ -382,16 +382,26 @@ pub fn project_images(
     runtime: &Path,
     out_dir: &Path,
 ) -> Result<Vec<crate::node::ImageArchive>> {
+    let files_dir = std::env::current_exe()?
+        .parent()
+        .context("testbed binary has no folder")?
+        .to_path_buf();
+    project_images_from(bins, runtime, &files_dir, out_dir)
+}
+
+/// [`project_images`] with the workspace binaries taken from `files_dir`.
+pub fn project_images_from(
+    bins: &crate::binaries::Binaries,
+    runtime: &Path,
+    files_dir: &Path,
+    out_dir: &Path,
+) -> Result<Vec<crate::node::ImageArchive>> {
     let started = std::time::Instant::now();
     std::fs::create_dir_all(out_dir)?;
     let umoci = runtime.join("bin/umoci");
     let dockerfile = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Dockerfile");
     let text = std::fs::read_to_string(&dockerfile)
         .with_context(|| format!("cannot read {}", dockerfile.display()))?;
-    let files_dir = std::env::current_exe()?
-        .parent()
-        .context("testbed binary has no folder")?
-        .to_path_buf();
     let mut archives = Vec::new();
     for spec in final_stages(&text)? {
         let repository = REPOSITORIES
@@ -409,7 +419,7 @@ pub fn project_images(
         }
         let image = ImageBuild {
             spec,
-            files_dir: files_dir.clone(),
+            files_dir: files_dir.to_path_buf(),
             reference: format!("{repository}:{TAG}"),
         };
         archives.push(crate::node::ImageArchive {

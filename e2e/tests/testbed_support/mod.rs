@@ -18,13 +18,15 @@ pub const MANAGER: &str = "e2e-testbed";
 /// with the test binary; this keeps a shared testbed tidy).
 pub struct NamespaceGuard {
     pub name: String,
-    pub kubeconfig: std::path::PathBuf,
 }
 
 impl Drop for NamespaceGuard {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("kubectl")
-            .env("KUBECONFIG", &self.kubeconfig)
+        let Ok(tb) = testbed::shared() else {
+            return;
+        };
+        let _ = tb
+            .kubectl()
             .args(["delete", "namespace", &self.name, "--wait=false"])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
@@ -35,10 +37,7 @@ impl Drop for NamespaceGuard {
 pub async fn namespace(client: &kube::Client, prefix: &str) -> Result<NamespaceGuard> {
     let tb = testbed::shared()?;
     let name = tb.create_namespace(client, prefix).await?;
-    Ok(NamespaceGuard {
-        name,
-        kubeconfig: tb.kubeconfig().to_path_buf(),
-    })
+    Ok(NamespaceGuard { name })
 }
 
 /// How a test wants its app pods.
