@@ -16,7 +16,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use k8s_openapi::api::core::v1::Namespace;
 
 use crate::kubeconfig;
-use crate::supervisor::{APISERVER_RESTARTS_FILE, RUN_INFO_FILE, RunInfo};
+use crate::supervisor::{RUN_INFO_FILE, RunInfo};
 
 /// A running testbed, as the tests see it.
 #[derive(Debug, Clone)]
@@ -178,38 +178,36 @@ impl Testbed {
     }
 
     /// Restarts this testbed's kube-apiserver (same port, certificates and etcd) and returns once
-    /// it answers ready again, with how long it was gone as the supervisor measured it. Asks the
-    /// supervisor with SIGUSR1 and waits for the line it appends to `apiserver-restarts`. Other
-    /// tests of the binary see the API go away too: serialize such tests against the others.
+    /// it answers ready again, with how long that took the supervisor. Other tests of the binary
+    /// see the API go away too: serialize such tests against the others.
     pub async fn restart_apiserver(&self) -> Result<Duration> {
-        let file = self.info.run_dir.join(APISERVER_RESTARTS_FILE);
-        let lines = |file: &Path| -> Vec<String> {
-            std::fs::read_to_string(file)
-                .map(|text| text.lines().map(str::to_string).collect())
-                .unwrap_or_default()
-        };
-        let before = lines(&file).len();
-        let supervisor = nix::unistd::Pid::from_raw(self.info.supervisor_pid as i32);
-        nix::sys::signal::kill(supervisor, nix::sys::signal::Signal::SIGUSR1)
-            .context("cannot signal the testbed supervisor")?;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(150);
-        loop {
-            if let Some(line) = lines(&file).get(before) {
-                let seconds: f64 = line
-                    .split_whitespace()
-                    .nth(1)
-                    .and_then(|s| s.parse().ok())
-                    .with_context(|| format!("bad line in {}: {line}", file.display()))?;
-                return Ok(Duration::from_secs_f64(seconds));
-            }
-            if tokio::time::Instant::now() > deadline {
-                bail!(
-                    "kube-apiserver not back within 150 s; read {}",
-                    self.info.run_dir.join("logs/kube-apiserver.log").display()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        self.restart_component("kube-apiserver").await
+    }
+
+    /// Restarts a component of the run (`kube-apiserver`, or a node's `containerd-node-N`,
+    /// `kubelet-node-N`, `kube-proxy-node-N`): SIGTERM, SIGKILL after 10 s, started again the
+    /// same way. Returns how long that took.
+    pub async fn restart_component(&self, name: &str) -> Result<Duration> {
+        crate::control::ask(
+            &self.info.run_dir,
+            self.info.supervisor_pid,
+            crate::control::Verb::Restart,
+            name,
+            Duration::from_secs(150),
+        )
+        .await
+    }
+
+    /// Stops a component for good, e.g. `kubelet-node-2` to lose that node.
+    pub async fn stop_component(&self, name: &str) -> Result<Duration> {
+        crate::control::ask(
+            &self.info.run_dir,
+            self.info.supervisor_pid,
+            crate::control::Verb::Stop,
+            name,
+            Duration::from_secs(60),
+        )
+        .await
     }
 
     /// Creates a namespace `<prefix>-<unique suffix>` and returns its name. Namespaces are not

@@ -8,6 +8,7 @@
 
 pub mod binaries;
 pub mod certs;
+pub mod control;
 pub mod controlplane;
 pub mod fixture;
 pub mod images;

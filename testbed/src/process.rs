@@ -252,6 +252,19 @@ impl Children {
         Ok(pid)
     }
 
+    /// Stops the child named `name` for good and forgets it (it no longer fails the run).
+    pub fn stop_one(&self, name: &str, grace: Duration) -> Result<()> {
+        let mut list = self.lock();
+        let index = list
+            .iter()
+            .position(|child| child.name == name)
+            .with_context(|| format!("no child named {name}"))?;
+        let mut child = list.remove(index);
+        drop(list);
+        child.stop(grace);
+        Ok(())
+    }
+
     /// An error naming the log of the first child that has exited, if any.
     pub fn ensure_running(&self) -> Result<()> {
         self.lock()

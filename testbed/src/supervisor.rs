@@ -18,7 +18,7 @@ use crate::network::NetworkPlan;
 use crate::node::{self, NodeInfo, NodesSetup, ProxyMode};
 use crate::process::{self, Children};
 use crate::slot::Slot;
-use crate::{certs, images, kubeconfig};
+use crate::{certs, control, images, kubeconfig};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct UpArgs {
@@ -72,10 +72,6 @@ pub struct RunInfo {
 }
 
 pub const RUN_INFO_FILE: &str = "testbed.json";
-
-/// `<run dir>/<this>` gets one line (`<unix ms> <seconds>`) each time kube-apiserver has been
-/// restarted on SIGUSR1 and answers ready again; the fixture waits for the line.
-pub const APISERVER_RESTARTS_FILE: &str = "apiserver-restarts";
 
 const NODES_READY: Duration = Duration::from_secs(60);
 
@@ -245,24 +241,14 @@ async fn start_and_watch(
     writeln!(stdout, "KUBECONFIG={}", cp.kubeconfig.display())?;
     stdout.flush()?;
     drop(stdout);
-    // SIGUSR1 restarts kube-apiserver (tests of clients that must survive it).
+    // SIGUSR1: restart or stop a component on request (see `control`).
     let mut usr1 = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())?;
+    let mut handled = 0;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(500)) => children.ensure_running()?,
             Some(()) = usr1.recv() => {
-                let started = Instant::now();
-                controlplane::restart_apiserver(run_dir, &cp.kubeconfig, children).await?;
-                let line = format!(
-                    "{} {:.3}\n",
-                    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis(),
-                    started.elapsed().as_secs_f64()
-                );
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(run_dir.join(APISERVER_RESTARTS_FILE))?
-                    .write_all(line.as_bytes())?;
+                handled = control::serve(run_dir, &cp.kubeconfig, children, handled).await?;
             }
         }
     }

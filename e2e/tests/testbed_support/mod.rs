@@ -258,6 +258,7 @@ pub fn uid_of(pid: i32) -> Option<u32> {
         .ok()
 }
 
+#[allow(unused_imports)]
 pub use testbed::node::host::cmdline_of;
 
 pub async fn scale(client: &kube::Client, ns: &str, name: &str, replicas: i32) -> Result<()> {

@@ -1,0 +1,355 @@
+//! Proofs only real nodes allow, each under load through a node port: a `kubectl drain` of a
+//! node with the operator's PDB (and its naive twin without the protocol), kubelet and
+//! containerd restarts in the middle of a scale-down and of a rolling update, and kube-proxy
+//! restarts. The tests share the testbed's nodes, so they take turns (one lock).
+//!
+//!     cargo build --workspace --bins && cargo test -p e2e --test nodes -- --nocapture
+
+#[allow(dead_code)]
+#[path = "operator/recording.rs"]
+mod recording;
+#[allow(dead_code)]
+#[path = "operator/support.rs"]
+mod support;
+#[allow(dead_code)]
+mod testbed_support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use graceful_operator::crd::ServiceType;
+use graceful_operator::{GracefulService, GracefulServiceSpec};
+use k8s_openapi::api::core::v1::{Pod, Service};
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use recording::{check_walk, record};
+use support::{Operator, create_gsvc, ensure_schedulable, eventually, install_crd, wait_stable};
+
+const APP: &str = "ghcr.io/graceful-dev/graceful-app";
+
+/// One test at a time: a drain or a restart reaches every test's pods.
+static NODES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+struct Setup {
+    tb: &'static testbed::Testbed,
+    client: kube::Client,
+    ns: String,
+}
+
+async fn setup(prefix: &str) -> Result<Setup> {
+    let tb = testbed::shared()?;
+    let client = tb.client().await?;
+    install_crd(tb)?;
+    ensure_schedulable(tb, &client).await?;
+    let ns = tb.create_namespace(&client, prefix).await?;
+    Ok(Setup { tb, client, ns })
+}
+
+/// Timings for zero loss on real kube-proxy: a 3 s hold (endpoint removal reaches every
+/// node's rules within about a second), requests of at most 1 s, 10 s grace.
+fn spec(replicas: i32) -> GracefulServiceSpec {
+    let mut spec = support::quick_spec(replicas);
+    spec.shutdown.drain_delay_seconds = 3;
+    spec.shutdown.termination_grace_period_seconds = 10;
+    spec.service.type_ = ServiceType::NodePort;
+    spec
+}
+
+async fn node_port(client: &kube::Client, ns: &str, name: &str) -> Result<u16> {
+    let services: Api<Service> = Api::namespaced(client.clone(), ns);
+    let port = services
+        .get(name)
+        .await?
+        .spec
+        .and_then(|s| s.ports)
+        .and_then(|p| p.first().and_then(|p| p.node_port))
+        .context("no node port")?;
+    Ok(u16::try_from(port)?)
+}
+
+/// Connection-per-request load (the case that shows stale endpoints at once) through node 0.
+fn start_load(
+    port: u16,
+) -> (
+    loadgen::Control,
+    tokio::task::JoinHandle<Result<loadgen::Report>>,
+) {
+    let tb = testbed::shared().ok();
+    let addr = tb.map_or_else(
+        || std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        |tb| tb.node_port_addr(port),
+    );
+    let spec = loadgen::LoadSpec::new(addr, "/?work_ms=20")
+        .concurrency(16)
+        .max_requests(400_000)
+        .duration(Duration::from_secs(240))
+        .mode(loadgen::ConnectionMode::Close)
+        .request_timeout(Duration::from_secs(5));
+    let control = loadgen::Control::new();
+    let task = tokio::spawn({
+        let control = control.clone();
+        async move { Ok(loadgen::run(spec, control).await?) }
+    });
+    (control, task)
+}
+
+async fn stop_load(
+    control: loadgen::Control,
+    task: tokio::task::JoinHandle<Result<loadgen::Report>>,
+) -> Result<loadgen::Report> {
+    control.stop();
+    let report = task.await??;
+    ensure!(report.count() > 100, "too little load to judge: {report}");
+    Ok(report)
+}
+
+/// The node (not node 0, which carries the load's node port) with the most pods of `ns`.
+async fn busiest_other_node(client: &kube::Client, ns: &str) -> Result<String> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let mut count = std::collections::BTreeMap::<String, usize>::new();
+    for pod in pods.list(&ListParams::default()).await?.items {
+        if let Some(node) = pod.spec.and_then(|s| s.node_name)
+            && node != "node-0"
+        {
+            *count.entry(node).or_default() += 1;
+        }
+    }
+    count
+        .into_iter()
+        .max_by_key(|(_, n)| *n)
+        .map(|(node, _)| node)
+        .context("no pod outside node-0")
+}
+
+/// Polls the namespace's pods every 100 ms and keeps the fewest Ready ones seen.
+fn track_min_ready(
+    client: &kube::Client,
+    ns: &str,
+) -> (Arc<AtomicUsize>, tokio::task::JoinHandle<()>) {
+    let min = Arc::new(AtomicUsize::new(usize::MAX));
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let task = tokio::spawn({
+        let min = Arc::clone(&min);
+        async move {
+            loop {
+                if let Ok(list) = pods.list(&ListParams::default()).await {
+                    let ready = list
+                        .items
+                        .iter()
+                        .filter(|p| {
+                            p.metadata.deletion_timestamp.is_none() && testbed_support::is_ready(p)
+                        })
+                        .count();
+                    min.fetch_min(ready, Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    });
+    (min, task)
+}
+
+/// `kubectl drain` of `node`, then uncordon; returns drain's output.
+async fn drain(tb: &testbed::Testbed, node: &str) -> Result<String> {
+    let mut cmd = tb.kubectl();
+    cmd.args([
+        "drain",
+        node,
+        "--ignore-daemonsets",
+        "--delete-emptydir-data",
+        "--timeout=180s",
+    ]);
+    let drained = tokio::task::spawn_blocking(move || support::run(cmd)).await?;
+    let mut uncordon = tb.kubectl();
+    uncordon.args(["uncordon", node]);
+    support::run(uncordon)?;
+    drained
+}
+
+#[tokio::test]
+async fn drain_of_a_node_under_load_loses_nothing_at_the_pdbs_pace() -> Result<()> {
+    let _turn = NODES.lock().await;
+    let s = setup("node-drain").await?;
+    let _operator = Operator::start(s.tb, &s.ns)?;
+    create_gsvc(&s.client, &s.ns, "web", spec(5)).await?;
+    wait_stable(&s.client, &s.ns, "web", 5).await?;
+    let port = node_port(&s.client, &s.ns, "web").await?;
+    let node = busiest_other_node(&s.client, &s.ns).await?;
+    let (min_ready, tracker) = track_min_ready(&s.client, &s.ns);
+    let (control, load) = start_load(port);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let output = drain(s.tb, &node).await?;
+    wait_stable(&s.client, &s.ns, "web", 5).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let report = stop_load(control, load).await?;
+    tracker.abort();
+    let evicted = output.matches("evicted").count();
+    eprintln!(
+        "drain of {node}: {evicted} evictions, fewest ready {}, load {report}",
+        min_ready.load(Ordering::Relaxed)
+    );
+    ensure!(evicted >= 1, "the drain evicted nothing: {output}");
+    // maxUnavailable 1: one pod at a time leaves before its replacement is Ready.
+    assert!(
+        min_ready.load(Ordering::Relaxed) >= 4,
+        "fewer than 4 of 5 pods ready during the drain"
+    );
+    assert_eq!(report.errors(), 0, "{report}");
+    Ok(())
+}
+
+/// The naive twin: a plain Deployment (no PDB, no preStop, no readiness probe) drained the
+/// same way loses requests.
+#[tokio::test]
+async fn naive_drain_of_a_node_under_load_loses_requests() -> Result<()> {
+    let _turn = NODES.lock().await;
+    let s = setup("node-drain-naive").await?;
+    let naive = testbed_support::AppPods {
+        replicas: 5,
+        readiness: false,
+        prestop: false,
+        env: vec![("GRACEFUL_SHUTDOWN_TIMEOUT_MS", "5000")],
+        ..testbed_support::AppPods::default()
+    };
+    testbed_support::apply_deployment(&s.client, &s.ns, "naive", &naive).await?;
+    let port = testbed_support::apply_node_port_service(&s.client, &s.ns, "naive").await?;
+    testbed_support::ready_pods(&s.client, &s.ns, "naive", 5).await?;
+    let node = busiest_other_node(&s.client, &s.ns).await?;
+    let (control, load) = start_load(port);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    drain(s.tb, &node).await?;
+    testbed_support::ready_pods(&s.client, &s.ns, "naive", 5).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let report = stop_load(control, load).await?;
+    eprintln!("naive drain of {node}: {report}");
+    assert!(
+        report.errors() > 0,
+        "a naive drain lost no request: {report}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn kubelet_and_containerd_restarts_mid_scale_down_lose_nothing_and_skip_no_step() -> Result<()>
+{
+    let _turn = NODES.lock().await;
+    let s = setup("node-restart-walk").await?;
+    let _operator = Operator::start(s.tb, &s.ns)?;
+    create_gsvc(&s.client, &s.ns, "web", spec(7)).await?;
+    wait_stable(&s.client, &s.ns, "web", 7).await?;
+    let port = node_port(&s.client, &s.ns, "web").await?;
+    let (rec, tasks) = record(&s.client, &s.ns, "web").await?;
+    let (control, load) = start_load(port);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let gsvcs: Api<GracefulService> = Api::namespaced(s.client.clone(), &s.ns);
+    let patch = serde_json::json!({"spec": {"replicas": 1}});
+    gsvcs
+        .patch("web", &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    for (at, component) in [
+        (6, "kubelet-node-1"),
+        (5, "containerd-node-2"),
+        (4, "kubelet-node-0"),
+        (3, "containerd-node-1"),
+    ] {
+        eventually(Duration::from_secs(90), &format!("step {at}"), || async {
+            Ok(rec
+                .lock()
+                .map_err(|_| anyhow::anyhow!("poisoned"))?
+                .replicas
+                .iter()
+                .any(|r| r.1 == at)
+                .then_some(()))
+        })
+        .await?;
+        let took = s.tb.restart_component(component).await?;
+        eprintln!("restarted {component} at step {at} in {took:?}");
+    }
+    wait_stable(&s.client, &s.ns, "web", 1).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let report = stop_load(control, load).await?;
+    tasks.iter().for_each(|t| t.abort());
+    let rec = rec.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.clone();
+    eprintln!(
+        "walk with restarts: {:?}, load {report}",
+        rec.replicas.iter().map(|r| r.1).collect::<Vec<_>>()
+    );
+    check_walk(&rec, 7, 1)?;
+    assert_eq!(report.errors(), 0, "{report}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn kubelet_and_containerd_restarts_mid_rollout_lose_nothing() -> Result<()> {
+    let _turn = NODES.lock().await;
+    let s = setup("node-restart-rollout").await?;
+    let _operator = Operator::start(s.tb, &s.ns)?;
+    create_gsvc(&s.client, &s.ns, "web", spec(4)).await?;
+    wait_stable(&s.client, &s.ns, "web", 4).await?;
+    let port = node_port(&s.client, &s.ns, "web").await?;
+    s.tb.tag_image(APP, "restarts")?;
+    let (control, load) = start_load(port);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let gsvcs: Api<GracefulService> = Api::namespaced(s.client.clone(), &s.ns);
+    let patch = serde_json::json!({"spec": {"image": format!("{APP}:restarts")}});
+    gsvcs
+        .patch("web", &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    for (pause, component) in [
+        (3, "kubelet-node-1"),
+        (4, "containerd-node-2"),
+        (4, "kubelet-node-2"),
+    ] {
+        tokio::time::sleep(Duration::from_secs(pause)).await;
+        let took = s.tb.restart_component(component).await?;
+        eprintln!("restarted {component} mid-rollout in {took:?}");
+    }
+    let pods: Api<Pod> = Api::namespaced(s.client.clone(), &s.ns);
+    eventually(
+        Duration::from_secs(180),
+        "every pod on the new image",
+        || async {
+            let list = pods.list(&ListParams::default()).await?.items;
+            let done = list.len() == 4
+                && list.iter().all(|p| {
+                    p.metadata.deletion_timestamp.is_none()
+                        && testbed_support::is_ready(p)
+                        && p.spec
+                            .as_ref()
+                            .and_then(|s| s.containers[0].image.as_deref())
+                            == Some(&format!("{APP}:restarts"))
+                });
+            Ok(done.then_some(()))
+        },
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let report = stop_load(control, load).await?;
+    eprintln!("rollout with restarts: {report}");
+    assert_eq!(report.errors(), 0, "{report}");
+    Ok(())
+}
+
+/// kube-proxy restarted on the node that carries the load: its rules stay in the kernel while
+/// it is gone and are resynced when it is back; no new connection is refused.
+#[tokio::test]
+async fn kube_proxy_restart_under_load_loses_nothing() -> Result<()> {
+    let _turn = NODES.lock().await;
+    let s = setup("node-proxy").await?;
+    let _operator = Operator::start(s.tb, &s.ns)?;
+    create_gsvc(&s.client, &s.ns, "web", spec(3)).await?;
+    wait_stable(&s.client, &s.ns, "web", 3).await?;
+    let port = node_port(&s.client, &s.ns, "web").await?;
+    let (control, load) = start_load(port);
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let took = s.tb.restart_component("kube-proxy-node-0").await?;
+        eprintln!("restarted kube-proxy-node-0 in {took:?}");
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let report = stop_load(control, load).await?;
+    eprintln!("kube-proxy restarts: {report}");
+    assert_eq!(report.errors(), 0, "{report}");
+    Ok(())
+}
