@@ -89,7 +89,7 @@ fn start_load(
     let control = loadgen::Control::new();
     let task = tokio::spawn({
         let control = control.clone();
-        async move { Ok(loadgen::run(spec, control).await?) }
+        async move { loadgen::run(spec, control).await }
     });
     (control, task)
 }
