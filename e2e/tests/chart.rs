@@ -1,6 +1,6 @@
 //! The Helm chart as a user meets it: it lints and renders; `helm install` into the testbed
-//! brings up an operator pod that the node agent runs with its ServiceAccount's projected token,
-//! so the chart's RBAC is what the operator really gets; `kubectl auth can-i` shows that account
+//! brings up an operator pod that a real kubelet runs from the operator image, with its
+//! ServiceAccount's projected token, so the chart's RBAC is what the operator really gets; `kubectl auth can-i` shows that account
 //! can do what the operator needs and nothing broad; a GracefulService applied after install
 //! gets its Deployment, Service and PodDisruptionBudget. Everything is uninstalled at the end.
 

@@ -1,4 +1,4 @@
-//! The operator against the testbed's real control plane, node agent and app processes.
+//! The operator against the testbed's real control plane and nodes, with the app's pods.
 //!
 //! Every test makes its own namespace and runs its own operator process scoped to it
 //! (`--namespace`), so tests run in parallel without sharing a controller.

@@ -39,7 +39,7 @@ pub async fn client_for(kubeconfig: &Path) -> anyhow::Result<kube::Client> {
 
 impl Cluster {
     /// Where the host reaches a node port: node 0's address on a testbed with real nodes,
-    /// `fallback` otherwise (127.0.0.1 for the stand-in proxy, or what `--node-address` says).
+    /// `fallback` otherwise (what `--node-address` says).
     pub fn node_address(&self, fallback: std::net::IpAddr) -> std::net::IpAddr {
         self.testbed
             .as_ref()

@@ -21,7 +21,7 @@ enum Which {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum OperatorInstall {
-    /// `helm install` of charts/graceful-operator; the node agent runs the operator's pod.
+    /// `helm install` of charts/graceful-operator; a kubelet runs the operator's pod from its image.
     Chart,
     /// The operator binary as a host process with the admin kubeconfig (fallback).
     Host,
@@ -29,7 +29,7 @@ enum OperatorInstall {
     Installed,
 }
 
-/// Graceful vs naive rollouts and scale-downs under load, measured through the service proxy.
+/// Graceful vs naive rollouts and scale-downs under load, measured through a node port (kube-proxy).
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {

@@ -12,8 +12,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::json;
 
-/// The app's image repository; the node agent maps it to the workspace's binary, so a new tag is
-/// a real rollout of the same program.
+/// The app's image repository; on a testbed each tag is a rebuilt image of the same binary, so
+/// a new tag is a real rollout of the same program.
 pub const APP_IMAGE_REPO: &str = "ghcr.io/graceful-dev/graceful-app";
 /// Name of the workload in both setups (each setup runs in its own namespace).
 pub const WORKLOAD: &str = "hello";

@@ -1,6 +1,7 @@
 //! The run's network in the host namespace: one Linux bridge with the gateway address, onto which
-//! the node agent plugs each pod's network namespace. No NAT, no forwarding to the outside: pods
-//! reach each other over the bridge and the host (apiserver, proxy) through the gateway address.
+//! each node's network namespace is plugged, and the address plan of the run (nodes, pods,
+//! Services, node ports). No NAT, no route to the outside: nodes reach each other over the bridge
+//! and the API server through the gateway address.
 //!
 //! Everything is done with the `ip` command, so that a person can reproduce and inspect each step.
 
@@ -30,8 +31,8 @@ pub struct NetworkPlan {
     pub node_ports: (u16, u16),
 }
 
-/// Node ports per run: the service proxy listens on `127.0.0.1:<nodePort>`, shared by all runs
-/// on the machine, so each run's API server hands out ports from its own block.
+/// Node ports per run: each run's API server hands out ports from a block of its own, so that
+/// two runs' services never share a port number (easier to tell apart in logs and captures).
 pub const NODE_PORTS_PER_RUN: u16 = 100;
 
 /// The block of node ports of `slot`: `30000 + (slot mod 27) * 100` to that plus 99. All blocks

@@ -88,6 +88,11 @@ impl Operator {
         bail!("operator did not exit within 20 s of SIGTERM")
     }
 
+    /// Whether the process has exited (by itself: a crash).
+    pub fn has_exited(&mut self) -> Result<bool> {
+        Ok(self.child.try_wait()?.is_some())
+    }
+
     /// SIGKILL: no chance to clean up, as when a node dies.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
