@@ -73,12 +73,18 @@ impl Cluster {
     /// Starts a testbed with its supervisor (`testbed up --watch-parent <our pid>`) and waits for
     /// the `KUBECONFIG=<path>` line it prints once the API is ready. The supervisor tears the
     /// testbed down when we exit, however we exit.
-    pub async fn start_testbed(testbed_bin: &Path, timeout: Duration) -> anyhow::Result<Cluster> {
+    pub async fn start_testbed(
+        testbed_bin: &Path,
+        proxy_mode: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<Cluster> {
         eprintln!("==> starting the testbed ({} up)", testbed_bin.display());
         let mut child = Command::new(testbed_bin)
             .arg("up")
             .arg("--watch-parent")
             .arg(std::process::id().to_string())
+            .arg("--proxy-mode")
+            .arg(proxy_mode)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true)

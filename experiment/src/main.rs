@@ -82,6 +82,9 @@ struct Args {
     /// The testbed supervisor binary (default: `testbed` next to this binary).
     #[arg(long)]
     testbed_bin: Option<PathBuf>,
+    /// kube-proxy's mode on the testbed this command starts (iptables or nftables).
+    #[arg(long, default_value = "iptables", value_parser = ["iptables", "nftables"])]
+    proxy_mode: String,
     /// How the operator gets onto the cluster.
     #[arg(long, value_enum, default_value_t = OperatorInstall::Chart)]
     operator: OperatorInstall,
@@ -136,7 +139,7 @@ async fn main() -> anyhow::Result<()> {
                 .testbed_bin
                 .clone()
                 .unwrap_or_else(|| sibling("testbed"));
-            Cluster::start_testbed(&bin, Duration::from_secs(300)).await?
+            Cluster::start_testbed(&bin, &args.proxy_mode, Duration::from_secs(300)).await?
         }
     };
     let result = run(&args, &mut cluster, &command).await;
