@@ -89,6 +89,7 @@ impl Operator {
     }
 
     /// Whether the process has exited (by itself: a crash).
+    #[allow(dead_code)] // used by lost_node.rs, not by every binary that includes this file
     pub fn has_exited(&mut self) -> Result<bool> {
         Ok(self.child.try_wait()?.is_some())
     }
