@@ -6,6 +6,9 @@
 //!     cargo build --workspace --bins && cargo test -p e2e --test nodes -- --nocapture
 
 #[allow(dead_code)]
+#[path = "faults/common.rs"]
+mod common;
+#[allow(dead_code)]
 #[path = "operator/recording.rs"]
 mod recording;
 #[allow(dead_code)]
@@ -19,32 +22,18 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
+use common::setup;
 use graceful_operator::crd::ServiceType;
 use graceful_operator::{GracefulService, GracefulServiceSpec};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use recording::{check_walk, record};
-use support::{Operator, create_gsvc, ensure_schedulable, eventually, install_crd, wait_stable};
+use support::{Operator, create_gsvc, eventually, wait_stable};
 
 const APP: &str = "ghcr.io/graceful-dev/graceful-app";
 
 /// One test at a time: a drain or a restart reaches every test's pods.
 static NODES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-struct Setup {
-    tb: &'static testbed::Testbed,
-    client: kube::Client,
-    ns: String,
-}
-
-async fn setup(prefix: &str) -> Result<Setup> {
-    let tb = testbed::shared()?;
-    let client = tb.client().await?;
-    install_crd(tb)?;
-    ensure_schedulable(tb, &client).await?;
-    let ns = tb.create_namespace(&client, prefix).await?;
-    Ok(Setup { tb, client, ns })
-}
 
 /// Timings for zero loss on real kube-proxy: a 3 s hold (endpoint removal reaches every
 /// node's rules within about a second), requests of at most 1 s, 10 s grace.

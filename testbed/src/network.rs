@@ -152,7 +152,8 @@ impl NetworkPlan {
     }
 }
 
-fn ip(args: &[&str]) -> Result<()> {
+/// Runs `ip <args>`; an error carries its stderr.
+pub(crate) fn ip(args: &[&str]) -> Result<()> {
     let out = Command::new("ip")
         .args(args)
         .output()

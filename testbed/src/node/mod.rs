@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::certs::{ClientCert, Pki};
 use crate::kubeconfig;
-use crate::network::NetworkPlan;
+use crate::network::{NetworkPlan, ip};
 use crate::process::{Children, Launch};
 use config::NodeFiles;
 pub use config::ProxyMode;
@@ -334,21 +334,6 @@ fn create_network(plan: &NetworkPlan, index: u32, count: u32) -> Result<PathBuf>
         ])?;
     }
     Ok(netns)
-}
-
-fn ip(args: &[&str]) -> Result<()> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .context("cannot run ip")?;
-    if !out.status.success() {
-        bail!(
-            "`ip {}` failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
 }
 
 /// Undoes what the nodes of the run in `plan` leave once their components are stopped (or
