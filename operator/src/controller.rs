@@ -1,12 +1,9 @@
-//! The reconcile loop: Kubernetes I/O at the edges, decisions delegated to the pure modules.
+//! The controller: its watches, the shared [`Context`], and one reconcile as a straight pipeline,
+//! [`observe`](crate::observe) (read) -> [`decide`](crate::decide) (pure) ->
+//! [`act`](crate::act) (write).
 //!
-//! Each reconcile makes sure the Deployment (at the replicas the planner holds), the Service and
-//! the PodDisruptionBudget hold what the operator sets, with server-side apply and the one field
-//! manager, so any drift is overwritten; a child already holding it is not written again
-//! ([`crate::drift`]: the Deployment compared with a GET, the Service and the budget with the caches of
-//! their watches). Then it reads pods and EndpointSlices, asks [`planner::plan`] whether to take
-//! a scale-down step, and writes status if it changed. Owner references make deletion a
-//! garbage-collection matter.
+//! Owner references make deletion a garbage-collection matter; a reconcile of a GracefulService
+//! being deleted writes nothing.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -18,27 +15,23 @@ use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::jiff::Timestamp;
-use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::controller::{self, Action, Controller};
+use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 
-use crate::cluster::{
-    SERVICE_NAME_LABEL, apply, apply_if_needed, child_key, observe, pods_of, ready_endpoints,
-    terminating_pods, write_status,
-};
-use crate::crd::{GracefulService, GracefulServiceStatus, MANAGED_SELECTOR, NAME_KEY};
+use crate::FIELD_MANAGER;
+use crate::act::act;
+use crate::crd::{GracefulService, MANAGED_SELECTOR, NAME_KEY};
+use crate::decide::{self, decide};
 use crate::drift::LastApplied;
 use crate::error::Error;
-use crate::manifests::{Owner, deployment, pdb, service};
-use crate::marking;
+use crate::manifests::Owner;
 use crate::metrics::Metrics;
-use crate::planner::{self, Observation, StepPolicy};
-use crate::{FIELD_MANAGER, status, validation};
-
-/// Requeue of a refused spec: the spec changing triggers a reconcile anyway.
-pub const INVALID_REQUEUE: Duration = Duration::from_secs(300);
+use crate::observe::{SERVICE_NAME_LABEL, observe};
+use crate::status::Refusal;
+use crate::watch_backoff::WatchBackoff;
 
 /// Shared by all reconciles.
 pub struct Context {
@@ -48,18 +41,21 @@ pub struct Context {
     pub recorder: Recorder,
     /// Metrics.
     pub metrics: Metrics,
+    /// What this process last applied to each child.
+    pub applied: LastApplied,
     /// Consecutive failed reconciles per object (namespace/name), for the retry backoff.
     failures: Mutex<HashMap<String, u32>>,
+    /// The GracefulServices as their watch last saw them (filled by [`run`]).
+    gsvcs: Store<GracefulService>,
     /// The managed Services as their watch last saw them (filled by [`run`]).
     services: Store<Service>,
     /// The managed PodDisruptionBudgets as their watch last saw them (filled by [`run`]).
     budgets: Store<PodDisruptionBudget>,
-    /// What this process last applied to each child.
-    applied: LastApplied,
 }
 
 /// The write halves of [`Context`]'s caches, consumed by [`run`]'s watches.
 pub struct CacheWriters {
+    gsvcs: reflector::store::Writer<GracefulService>,
     services: reflector::store::Writer<Service>,
     budgets: reflector::store::Writer<PodDisruptionBudget>,
 }
@@ -72,29 +68,49 @@ impl Context {
             controller: FIELD_MANAGER.to_string(),
             instance: std::env::var("POD_NAME").ok(),
         };
+        let (gsvcs, gsvcs_writer) = reflector::store();
         let (services, services_writer) = reflector::store();
         let (budgets, budgets_writer) = reflector::store();
         let ctx = Self {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             metrics,
+            applied: LastApplied::default(),
             failures: Mutex::new(HashMap::new()),
+            gsvcs,
             services,
             budgets,
-            applied: LastApplied::default(),
         };
         let writers = CacheWriters {
+            gsvcs: gsvcs_writer,
             services: services_writer,
             budgets: budgets_writer,
         };
         (ctx, writers)
     }
+
+    /// Resolves once every cache of [`run`] has listed its objects: the GracefulService list
+    /// answered (so the CRD is installed and readable) and so did the children's. Never resolves
+    /// while a list keeps failing (the errors are logged and counted by [`run`]).
+    pub async fn synced(&self) {
+        let all = futures::future::join3(
+            self.gsvcs.wait_until_ready(),
+            self.services.wait_until_ready(),
+            self.budgets.wait_until_ready(),
+        )
+        .await;
+        if let (Err(_), _, _) | (_, Err(_), _) | (_, _, Err(_)) = all {
+            // A writer was dropped: run ended before syncing. Stay unready.
+            std::future::pending::<()>().await;
+        }
+    }
 }
 
 /// Runs the controller until `shutdown` resolves, watching `namespace` or all namespaces.
 ///
-/// The Services and budgets are watched as whole objects into the context's caches and the same
-/// streams trigger the reconciles, so a reconcile triggered by an edit sees the edit in the cache.
+/// The GracefulServices, Services and budgets are watched as whole objects into the context's
+/// caches and the same streams trigger the reconciles, so a reconcile triggered by an edit sees
+/// the edit in the cache.
 pub async fn run(
     ctx: Arc<Context>,
     writers: CacheWriters,
@@ -103,45 +119,60 @@ pub async fn run(
 ) {
     let client = ctx.client.clone();
     let managed = watcher::Config::default().labels(MANAGED_SELECTOR);
-    Controller::new(
+    let gsvcs = watcher(
         scoped::<GracefulService>(&client, &namespace),
         watcher::Config::default(),
     )
-    .owns(scoped::<Deployment>(&client, &namespace), managed.clone())
-    .owns_stream(
-        watcher(scoped::<Service>(&client, &namespace), managed.clone())
-            .reflect(writers.services)
-            .touched_objects(),
-    )
-    .owns_stream(
-        watcher(
-            scoped::<PodDisruptionBudget>(&client, &namespace),
-            managed.clone(),
+    .reflect(writers.gsvcs)
+    .applied_objects();
+    let metrics = ctx.metrics.clone();
+    Controller::for_stream(gsvcs, ctx.gsvcs.clone())
+        .owns(scoped::<Deployment>(&client, &namespace), managed.clone())
+        .owns_stream(
+            watcher(scoped::<Service>(&client, &namespace), managed.clone())
+                .reflect(writers.services)
+                .touched_objects(),
         )
-        .reflect(writers.budgets)
-        .touched_objects(),
-    )
-    .watches(
-        scoped::<Pod>(&client, &namespace),
-        managed.clone(),
-        |pod: Pod| owner_by_label(&pod, NAME_KEY),
-    )
-    .watches(
-        scoped::<EndpointSlice>(&client, &namespace),
-        managed,
-        |slice: EndpointSlice| owner_by_label(&slice, SERVICE_NAME_LABEL),
-    )
-    .trigger_backoff(crate::watch_backoff::WatchBackoff::default())
-    .graceful_shutdown_on(shutdown)
-    .run(reconcile, error_policy, ctx)
-    .for_each(|result| async move {
-        match result {
-            Ok((object, _)) => tracing::debug!(object = %object, "reconciled"),
-            // error_policy already logged reconcile errors at warn level.
-            Err(error) => tracing::debug!(%error, "reconcile failed"),
-        }
-    })
-    .await;
+        .owns_stream(
+            watcher(
+                scoped::<PodDisruptionBudget>(&client, &namespace),
+                managed.clone(),
+            )
+            .reflect(writers.budgets)
+            .touched_objects(),
+        )
+        .watches(
+            scoped::<Pod>(&client, &namespace),
+            managed.clone(),
+            |pod: Pod| owner_by_label(&pod, NAME_KEY),
+        )
+        .watches(
+            scoped::<EndpointSlice>(&client, &namespace),
+            managed,
+            |slice: EndpointSlice| owner_by_label(&slice, SERVICE_NAME_LABEL),
+        )
+        .trigger_backoff(WatchBackoff::default())
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| {
+            let metrics = metrics.clone();
+            async move {
+                match result {
+                    Ok((object, _)) => tracing::debug!(object = %object, "reconciled"),
+                    // error_policy already logged it, with the object.
+                    Err(controller::Error::ReconcilerFailed(..)) => {}
+                    Err(controller::Error::ObjectNotFound(object)) => {
+                        tracing::debug!(%object, "reconcile of an object already gone")
+                    }
+                    Err(controller::Error::QueueError(error)) => {
+                        metrics.watch_errors.inc();
+                        tracing::warn!(%error, "watch failed; retrying with backoff");
+                    }
+                    Err(error) => tracing::warn!(%error, "controller error"),
+                }
+            }
+        })
+        .await;
 }
 
 fn scoped<K>(client: &Client, namespace: &Option<String>) -> Api<K>
@@ -162,13 +193,66 @@ fn owner_by_label<K: Resource>(obj: &K, key: &str) -> Option<ObjectRef<GracefulS
     Some(ObjectRef::new(name).within(namespace))
 }
 
+/// One reconcile of one GracefulService: read, decide, write.
+pub async fn reconcile(gsvc: Arc<GracefulService>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let _timer = ctx.metrics.start_reconcile();
+    if gsvc.metadata.deletion_timestamp.is_some() {
+        // Garbage collection removes the children; re-applying them now would race it.
+        if let Some(uid) = &gsvc.metadata.uid {
+            ctx.applied.forget(&format!("{uid}/"));
+        }
+        return Ok(Action::await_change());
+    }
+    let owner = Owner::of(&gsvc)?;
+    let observed = observe(&ctx.client, &owner, &ctx.services, &ctx.budgets).await?;
+    let plan = decide(&gsvc, &observed, &ctx.applied, Timestamp::now())?;
+    match &plan.refusal {
+        Some(Refusal::InvalidSpec) => ctx.metrics.invalid_specs.inc(),
+        Some(Refusal::ChildConflict) => ctx.metrics.child_conflicts.inc(),
+        None => 0,
+    };
+    if let (Some(refusal), false) = (plan.refusal, plan.events.is_empty()) {
+        let note = plan
+            .events
+            .iter()
+            .map(|n| n.note.as_str())
+            .collect::<Vec<_>>();
+        tracing::warn!(ns = %owner.namespace, gsvc = %owner.name, ?refusal, problems = ?note, "refused");
+    }
+    let result = match act(&gsvc, plan, &ctx).await {
+        // The API server refused a child as invalid: report it rather than retry the same spec.
+        Err(error) if error.is_invalid() => {
+            ctx.metrics.invalid_specs.inc();
+            let plan = decide::refuse(
+                &gsvc,
+                Refusal::InvalidSpec,
+                &error.to_string(),
+                Timestamp::now(),
+            );
+            act(&gsvc, plan, &ctx).await
+        }
+        other => other,
+    };
+    if result.is_ok() {
+        ctx.record_success(&key(&gsvc));
+    }
+    result
+}
+
 /// Retries failed reconciles with a backoff that doubles with each consecutive failure of the
 /// object (1 s, 2 s, 4 s ... capped at 5 minutes); a successful reconcile resets it.
 fn error_policy(gsvc: Arc<GracefulService>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics.failed(error);
     let failures = ctx.record_failure(&key(&gsvc));
     let delay = backoff(failures);
-    tracing::warn!(gsvc = %gsvc.name_any(), %error, failures, retry_in_s = delay.as_secs(), "reconcile error");
+    tracing::warn!(
+        ns = %gsvc.namespace().unwrap_or_default(),
+        gsvc = %gsvc.name_any(),
+        %error,
+        failures,
+        retry_in_s = delay.as_secs(),
+        "reconcile error"
+    );
     Action::requeue(delay)
 }
 
@@ -202,234 +286,6 @@ impl Context {
         if let Ok(mut map) = self.failures.lock() {
             map.remove(key);
         }
-    }
-}
-
-/// One reconcile of one GracefulService.
-pub async fn reconcile(gsvc: Arc<GracefulService>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let _timer = ctx.metrics.start_reconcile();
-    if gsvc.metadata.deletion_timestamp.is_some() {
-        // Garbage collection removes the children; re-applying them now would race it.
-        if let Some(uid) = &gsvc.metadata.uid {
-            ctx.applied.forget(&format!("{uid}/"));
-        }
-        return Ok(Action::await_change());
-    }
-    let owner = Owner::of(&gsvc)?;
-    let problems = validation::check(&gsvc.spec);
-    if !problems.is_empty() {
-        let result = refuse(&gsvc, &owner, &ctx, &problems.join("; ")).await;
-        if result.is_ok() {
-            ctx.record_success(&key(&gsvc));
-        }
-        return result;
-    }
-    let result = match apply_and_step(&gsvc, &owner, &ctx).await {
-        Err(error) if error.is_invalid() => refuse(&gsvc, &owner, &ctx, &error.to_string()).await,
-        other => other,
-    };
-    if result.is_ok() {
-        ctx.record_success(&key(&gsvc));
-    }
-    result
-}
-
-async fn apply_and_step(
-    gsvc: &GracefulService,
-    owner: &Owner,
-    ctx: &Context,
-) -> Result<Action, Error> {
-    let client = &ctx.client;
-    let ns = owner.namespace.as_str();
-    let spec = &gsvc.spec;
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
-
-    let live = deployments.get_opt(&owner.name).await?;
-    let current = live
-        .as_ref()
-        .and_then(|d| d.spec.as_ref())
-        .and_then(|s| s.replicas);
-    let hold = planner::replicas_to_hold(spec.replicas, current);
-    let desired = deployment::build(owner, spec, hold);
-    let applied = apply_if_needed(
-        &deployments,
-        &owner.name,
-        &desired,
-        live.as_ref(),
-        &ctx.applied,
-    )
-    .await?;
-    // The object as it is now: the apply's answer, else the live one it matched.
-    let Some(current_deployment) = applied.or(live) else {
-        return Err(Error::MissingField("deployment"));
-    };
-    let live_service = ctx.services.get(&ObjectRef::new(&owner.name).within(ns));
-    apply_if_needed(
-        &Api::<Service>::namespaced(client.clone(), ns),
-        &owner.name,
-        &service::build(owner, spec),
-        live_service.as_deref(),
-        &ctx.applied,
-    )
-    .await?;
-    let live_budget = ctx.budgets.get(&ObjectRef::new(&owner.name).within(ns));
-    apply_if_needed(
-        &Api::<PodDisruptionBudget>::namespaced(client.clone(), ns),
-        &owner.name,
-        &pdb::build(owner),
-        live_budget.as_deref(),
-        &ctx.applied,
-    )
-    .await?;
-
-    let pods = pods_of(client, ns, &owner.name).await?;
-    let now = Timestamp::now();
-    let previous = gsvc.status.as_ref();
-    let observation = Observation {
-        desired: spec.replicas,
-        deployment: observe(&current_deployment),
-        terminating_pods: terminating_pods(&pods),
-        ready_endpoints: ready_endpoints(client, ns, &owner.name).await?,
-        now,
-        last_step_time: previous
-            .and_then(|s| s.last_step_time.as_ref())
-            .map(|t| t.0),
-        policy: StepPolicy {
-            step_size: spec.scale_down.step_size,
-            min_interval: secs(spec.scale_down.min_step_interval_seconds),
-            step_timeout: secs(spec.scale_down.step_timeout_seconds),
-        },
-    };
-    let decision = planner::plan(&observation);
-    if let Some(wait) = &decision.wait {
-        tracing::debug!(gsvc = %owner.name, replicas = decision.replicas, reason = %wait.message(), "holding");
-    }
-    if let Some(step) = decision.step {
-        // Mark the idlest pods so the ReplicaSet controller removes them (with the feature off,
-        // only marks of an earlier interrupted step are taken back).
-        let count = match spec.scale_down.prefer_idle_pods {
-            true => usize::try_from(step.from - step.to).unwrap_or(0),
-            false => 0,
-        };
-        marking::mark_idlest(client, ns, &pods, spec.ports.admin, count).await;
-        let stepped = deployment::build(owner, spec, step.to);
-        apply(&deployments, &owner.name, &stepped).await?;
-        ctx.applied.record(&child_key(&stepped), &stepped);
-        ctx.metrics.steps.inc();
-        tracing::info!(gsvc = %owner.name, from = step.from, to = step.to, desired = spec.replicas, "scale-down step");
-        // The action names the step so every step is its own Event rather than a count on one.
-        publish(
-            ctx,
-            gsvc,
-            EventType::Normal,
-            "ScaleDownStep",
-            &format!("ScaleDown{}To{}", step.from, step.to),
-            format!(
-                "Deployment replicas {} -> {} (target {})",
-                step.from, step.to, spec.replicas
-            ),
-        )
-        .await;
-    }
-    let was_degraded = is_degraded(previous);
-    if let Some(message) = &decision.degraded
-        && !was_degraded
-    {
-        publish(
-            ctx,
-            gsvc,
-            EventType::Warning,
-            "Degraded",
-            "Reconcile",
-            message.clone(),
-        )
-        .await;
-    }
-    let new_status = status::from_decision(
-        &owner.name,
-        gsvc.metadata.generation,
-        previous,
-        spec.replicas,
-        &observation.deployment,
-        &decision,
-        now,
-    );
-    if status::needs_write(previous, &new_status) {
-        write_status(client, owner, &new_status).await?;
-    }
-    Ok(Action::requeue(decision.requeue_after))
-}
-
-/// Reports a spec the operator will not act on, without retrying hot.
-async fn refuse(
-    gsvc: &GracefulService,
-    owner: &Owner,
-    ctx: &Context,
-    problems: &str,
-) -> Result<Action, Error> {
-    ctx.metrics.invalid_specs.inc();
-    let previous = gsvc.status.as_ref();
-    let already_reported = previous.is_some_and(|s| {
-        s.observed_generation == gsvc.metadata.generation
-            && s.conditions
-                .iter()
-                .any(|c| c.type_ == status::DEGRADED && c.message == problems)
-    });
-    if !already_reported {
-        tracing::warn!(gsvc = %owner.name, %problems, "invalid spec");
-        publish(
-            ctx,
-            gsvc,
-            EventType::Warning,
-            "InvalidSpec",
-            "Reconcile",
-            problems.to_string(),
-        )
-        .await;
-    }
-    let new_status = status::invalid_spec(
-        &owner.name,
-        gsvc.metadata.generation,
-        previous,
-        problems,
-        Timestamp::now(),
-    );
-    if status::needs_write(previous, &new_status) {
-        write_status(&ctx.client, owner, &new_status).await?;
-    }
-    Ok(Action::requeue(INVALID_REQUEUE))
-}
-
-fn is_degraded(status: Option<&GracefulServiceStatus>) -> bool {
-    status.is_some_and(|s| {
-        s.conditions
-            .iter()
-            .any(|c| c.type_ == status::DEGRADED && c.status == "True")
-    })
-}
-
-fn secs(seconds: i32) -> Duration {
-    Duration::from_secs(u64::try_from(seconds).unwrap_or(0))
-}
-
-async fn publish(
-    ctx: &Context,
-    gsvc: &GracefulService,
-    type_: EventType,
-    reason: &str,
-    action: &str,
-    note: String,
-) {
-    let event = Event {
-        type_,
-        reason: reason.to_string(),
-        note: Some(note),
-        action: action.to_string(),
-        secondary: None,
-    };
-    // An event that cannot be written must not fail the reconcile: status carries the same facts.
-    if let Err(error) = ctx.recorder.publish(&event, &gsvc.object_ref(&())).await {
-        tracing::warn!(%error, reason, "could not publish event");
     }
 }
 

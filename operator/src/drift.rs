@@ -80,6 +80,19 @@ pub fn fingerprint<K: Serialize>(desired: &K) -> Option<u64> {
     Some(hasher.finish())
 }
 
+/// Key of a child in [`LastApplied`]: `<owner uid>/<kind>`, so [`LastApplied::forget`] with the
+/// owner's uid drops all of its children, and a re-created owner of the same name starts afresh.
+pub fn child_key<K: kube::Resource<DynamicType = ()>>(child: &K) -> String {
+    let owner = child
+        .meta()
+        .owner_references
+        .as_ref()
+        .and_then(|refs| refs.first())
+        .map(|r| r.uid.as_str())
+        .unwrap_or_default();
+    format!("{owner}/{}", K::kind(&()))
+}
+
 /// What this process last applied, per child. A subset check alone cannot see a field the
 /// operator stopped setting (an env var or a resource limit removed from the spec, a map key
 /// gone): the smaller desired object is still a subset of the live one. So a desired object that

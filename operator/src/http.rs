@@ -17,7 +17,8 @@ use tokio::net::TcpListener;
 pub struct State {
     /// Registry encoded on `/metrics`.
     pub registry: Registry,
-    /// Set once the controller runs (or waits for leadership): `/readyz` answers 200 after that.
+    /// Set once the controller's caches synced (or, on a standby, once the CRD answers):
+    /// `/readyz` answers 200 after that.
     pub ready: AtomicBool,
 }
 

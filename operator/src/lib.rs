@@ -1,12 +1,16 @@
 //! graceful-operator: reconciles `GracefulService` into a Deployment, a Service and a
 //! PodDisruptionBudget, and walks scale-downs one settled step at a time.
 //!
-//! Pure decisions ([`manifests`], [`planner`], [`victims`], [`validation`], [`status`]) are
-//! separate from the Kubernetes I/O in [`controller`], [`cluster`] and [`marking`].
+//! A reconcile ([`controller`]) is a straight pipeline: [`observe`] reads, [`decide`] (pure)
+//! returns the whole plan, [`act`] writes it. The decisions beneath `decide` are pure too
+//! ([`manifests`], [`planner`], [`drift`], [`victims`], [`validation`], [`status`]); the only
+//! other I/O is [`marking`] (the idlest pods' scrape and marks) and the process edges
+//! ([`http`], [`leader`], [`telemetry`]).
 
-pub mod cluster;
+pub mod act;
 pub mod controller;
 pub mod crd;
+pub mod decide;
 pub mod drift;
 pub mod error;
 pub mod http;
@@ -14,6 +18,7 @@ pub mod leader;
 pub mod manifests;
 pub mod marking;
 pub mod metrics;
+pub mod observe;
 pub mod planner;
 pub mod status;
 pub mod telemetry;

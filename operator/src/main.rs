@@ -101,8 +101,15 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let ctx = Arc::new(ctx);
     let mut stop = Box::pin(shutdown_signal());
 
+    // Ready once the caches have synced: the CRD answers and the lists are allowed.
+    let synced = ctx.clone();
+    let readiness = state.clone();
+    tokio::spawn(async move {
+        synced.synced().await;
+        readiness.ready.store(true, Ordering::Relaxed);
+        tracing::info!("caches synced; ready");
+    });
     if args.leader_election == Switch::Off {
-        state.ready.store(true, Ordering::Relaxed);
         controller::run(ctx, writers, args.namespace, stop).await;
         return Ok(());
     }
@@ -111,7 +118,9 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         namespace: args.lease_namespace,
         identity: leader::default_identity(),
     };
-    // Ready while waiting: a standby replica is healthy, it just does not reconcile.
+    // Ready while waiting once the CRD answers: a standby replica is healthy, it just does not
+    // reconcile (its caches sync when it leads).
+    crd_answers(&client, args.namespace.as_deref()).await;
     state.ready.store(true, Ordering::Relaxed);
     let leadership = tokio::select! {
         held = leader::acquire(client, &lease) => held?,
@@ -134,6 +143,24 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         return Err("leadership lost".into());
     }
     Ok(())
+}
+
+/// Returns once GracefulServices can be listed (the CRD is installed and readable), retrying
+/// every 5 s with a warning.
+async fn crd_answers(client: &kube::Client, namespace: Option<&str>) {
+    let api: kube::Api<graceful_operator::GracefulService> = match namespace {
+        Some(ns) => kube::Api::namespaced(client.clone(), ns),
+        None => kube::Api::all(client.clone()),
+    };
+    loop {
+        match api.list(&kube::api::ListParams::default().limit(1)).await {
+            Ok(_) => return,
+            Err(error) => {
+                tracing::warn!(%error, "cannot list GracefulServices (is the CRD installed?); not ready")
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT.

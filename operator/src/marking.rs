@@ -14,9 +14,10 @@ use http_body_util::{BodyExt, Empty, Limited};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use k8s_openapi::api::core::v1::Pod;
-use kube::Client;
+use kube::api::{Patch, PatchParams};
+use kube::{Api, Client};
 
-use crate::cluster::set_deletion_cost;
+use crate::error::Error;
 use crate::victims::{self, CostChange, DELETION_COST, PodLoad};
 
 /// Bound on one scrape, connect to last byte.
@@ -85,6 +86,26 @@ pub async fn mark_idlest(
         }
     }
     marking.victims
+}
+
+/// Sets (Some) or removes (None) a pod's `controller.kubernetes.io/pod-deletion-cost`. A JSON
+/// merge patch rather than an apply: a pod that vanished meanwhile answers 404 (ignored here)
+/// instead of an apply trying to create it. Only the annotation is sent.
+async fn set_deletion_cost(
+    client: &Client,
+    ns: &str,
+    pod: &str,
+    cost: Option<&str>,
+) -> Result<(), Error> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let body = serde_json::json!({"metadata": {"annotations": {DELETION_COST: cost}}});
+    match pods
+        .patch(pod, &PatchParams::default(), &Patch::Merge(&body))
+        .await
+    {
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        other => other.map(|_| ()).map_err(Error::from),
+    }
 }
 
 fn pod_addr(pod: &Pod, port: i32) -> Option<SocketAddr> {

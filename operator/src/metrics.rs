@@ -28,6 +28,13 @@ pub struct Metrics {
     pub steps: Counter,
     /// Specs refused as invalid (reported in status, not retried).
     pub invalid_specs: Counter,
+    /// Reconciles refused because a child's name is taken by an object not controlled by the
+    /// GracefulService.
+    pub child_conflicts: Counter,
+    /// Steps not taken because the Deployment changed between read and write (read again).
+    pub step_conflicts: Counter,
+    /// Errors of the watches feeding the controller (list/watch refused, CRD missing ...).
+    pub watch_errors: Counter,
 }
 
 impl Default for Metrics {
@@ -38,6 +45,9 @@ impl Default for Metrics {
             duration: Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
             steps: Counter::default(),
             invalid_specs: Counter::default(),
+            child_conflicts: Counter::default(),
+            step_conflicts: Counter::default(),
+            watch_errors: Counter::default(),
         }
     }
 }
@@ -66,6 +76,21 @@ impl Metrics {
             "invalid_specs",
             "Reconciles that found a spec the operator refuses",
             self.invalid_specs.clone(),
+        );
+        r.register(
+            "child_conflicts",
+            "Reconciles refused because a child's name is taken by an object not controlled by the GracefulService",
+            self.child_conflicts.clone(),
+        );
+        r.register(
+            "step_conflicts",
+            "Steps deferred because the Deployment changed between read and write",
+            self.step_conflicts.clone(),
+        );
+        r.register(
+            "watch_errors",
+            "Errors of the watches feeding the controller",
+            self.watch_errors.clone(),
         );
     }
 

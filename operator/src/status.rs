@@ -38,7 +38,7 @@ pub fn from_decision(
     decision: &Decision,
     now: Timestamp,
 ) -> GracefulServiceStatus {
-    let scaling_down = decision.replicas > desired || decision.last_step_time.is_some();
+    let scaling_down = decision.replicas > desired || decision.clock.waiting_since().is_some();
     let wait = decision
         .wait
         .as_ref()
@@ -108,16 +108,45 @@ pub fn from_decision(
         selector: selector(name),
         phase: decision.phase,
         conditions: merge(previous, fresh, generation, now),
-        last_step_time: decision.last_step_time.map(Time),
+        last_step_time: decision.clock.last_step.map(Time),
     }
 }
 
-/// Status for a spec the operator refuses to act on: Degraded with the problems, nothing else
-/// changed, so the last known counts stay visible.
-pub fn invalid_spec(
+/// Why the operator refuses to act on a GracefulService.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The spec fails a check the schema cannot make, or the API server refused a child (422).
+    InvalidSpec,
+    /// A child's name is taken by an object the GracefulService does not control.
+    ChildConflict,
+}
+
+impl Refusal {
+    /// The condition reason (also the Event reason).
+    pub fn reason(self) -> &'static str {
+        match self {
+            Refusal::InvalidSpec => "InvalidSpec",
+            Refusal::ChildConflict => "ChildConflict",
+        }
+    }
+
+    fn progressing(self) -> &'static str {
+        match self {
+            Refusal::InvalidSpec => "spec refused; fix it to continue",
+            Refusal::ChildConflict => {
+                "waiting for the conflicting object to be removed or renamed; nothing of it is changed"
+            }
+        }
+    }
+}
+
+/// Status for a GracefulService the operator refuses to act on: Degraded with the problems,
+/// nothing else changed, so the last known counts stay visible.
+pub fn refused(
     name: &str,
     generation: Option<i64>,
     previous: Option<&GracefulServiceStatus>,
+    refusal: Refusal,
     problems: &str,
     now: Timestamp,
 ) -> GracefulServiceStatus {
@@ -126,13 +155,13 @@ pub fn invalid_spec(
         Fresh {
             type_: PROGRESSING,
             status: false,
-            reason: "InvalidSpec",
-            message: "spec refused; fix it to continue".to_string(),
+            reason: refusal.reason(),
+            message: refusal.progressing().to_string(),
         },
         Fresh {
             type_: DEGRADED,
             status: true,
-            reason: "InvalidSpec",
+            reason: refusal.reason(),
             message: problems.to_string(),
         },
     ];
@@ -218,11 +247,12 @@ mod tests {
                 updated_replicas: at,
                 available_replicas: at,
                 progress_deadline_exceeded: false,
+                clock: Default::default(),
+                spec_changing: false,
             },
-            terminating_pods: 0,
+            pods: Vec::new(),
             ready_endpoints: at,
             now: Timestamp::from_second(1_000).unwrap(),
-            last_step_time: None,
             policy: StepPolicy {
                 step_size: 1,
                 min_interval: Duration::ZERO,
@@ -291,7 +321,14 @@ mod tests {
 
     #[test]
     fn invalid_spec_is_degraded() {
-        let s = invalid_spec("web", Some(3), None, "bad env", Timestamp::UNIX_EPOCH);
+        let s = refused(
+            "web",
+            Some(3),
+            None,
+            Refusal::InvalidSpec,
+            "bad env",
+            Timestamp::UNIX_EPOCH,
+        );
         assert_eq!(s.phase, Phase::Degraded);
         let deg = s.conditions.iter().find(|c| c.type_ == DEGRADED).unwrap();
         assert_eq!(deg.status, "True");

@@ -12,6 +12,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::Owner;
 use crate::crd::{GracefulServiceSpec, common_labels, selector_labels};
+use crate::planner::StepClock;
 
 /// Name of the app container.
 pub const CONTAINER_NAME: &str = "app";
@@ -27,12 +28,33 @@ pub const RESERVED_ENV: [&str; 4] = [
     "GRACEFUL_SHUTDOWN_TIMEOUT_MS",
 ];
 
-/// The Deployment for `spec` at `replicas` (the current step, not necessarily `spec.replicas`).
-pub fn build(owner: &Owner, spec: &GracefulServiceSpec, replicas: i32) -> Deployment {
+/// Annotation on the Deployment: when the walk in progress began (RFC 3339).
+pub const WALK_STARTED: &str = "graceful.dev/walk-started";
+/// Annotation on the Deployment: when the walk's last step was applied (RFC 3339). Written by
+/// the same apply that lowers `spec.replicas`, so the step and its time are one write.
+pub const LAST_STEP: &str = "graceful.dev/last-step";
+
+/// The Deployment for `spec` at `replicas` (the current step, not necessarily `spec.replicas`),
+/// carrying the walk's `clock`.
+pub fn build(
+    owner: &Owner,
+    spec: &GracefulServiceSpec,
+    replicas: i32,
+    clock: &StepClock,
+) -> Deployment {
     let mut pod_labels = common_labels(&owner.name);
     pod_labels.extend(selector_labels(&owner.name));
+    let mut metadata = owner.child_meta();
+    let stamps: std::collections::BTreeMap<String, String> = [
+        (WALK_STARTED, clock.walk_started),
+        (LAST_STEP, clock.last_step),
+    ]
+    .into_iter()
+    .filter_map(|(key, at)| Some((key.to_string(), at?.to_string())))
+    .collect();
+    metadata.annotations = (!stamps.is_empty()).then_some(stamps);
     Deployment {
-        metadata: owner.child_meta(),
+        metadata,
         spec: Some(DeploymentSpec {
             replicas: Some(replicas),
             selector: LabelSelector {
@@ -167,7 +189,12 @@ mod tests {
 
     #[test]
     fn defaults_follow_the_app_contract() {
-        let d = build(&test_owner("web"), &GracefulServiceSpec::default(), 3);
+        let d = build(
+            &test_owner("web"),
+            &GracefulServiceSpec::default(),
+            3,
+            &StepClock::default(),
+        );
         let spec = d.spec.as_ref().unwrap();
         assert_eq!(spec.replicas, Some(3));
         assert_eq!(
@@ -219,9 +246,34 @@ mod tests {
             ],
             ..GracefulServiceSpec::default()
         };
-        let d = build(&test_owner("web"), &spec, 1);
+        let d = build(&test_owner("web"), &spec, 1, &StepClock::default());
         assert_eq!(env_value(&d, "GRACEFUL_PORT").as_deref(), Some("8080"));
         assert_eq!(env_value(&d, "EXTRA").as_deref(), Some("x"));
+    }
+
+    #[test]
+    fn the_clock_rides_on_annotations() {
+        let at: k8s_openapi::jiff::Timestamp = "2026-12-02T10:00:00.5Z".parse().unwrap();
+        let clock = StepClock {
+            walk_started: Some(at),
+            last_step: None,
+        };
+        let d = build(
+            &test_owner("web"),
+            &GracefulServiceSpec::default(),
+            3,
+            &clock,
+        );
+        let notes = d.metadata.annotations.unwrap();
+        assert_eq!(notes[WALK_STARTED], "2026-12-02T10:00:00.5Z");
+        assert!(!notes.contains_key(LAST_STEP));
+        let d = build(
+            &test_owner("web"),
+            &GracefulServiceSpec::default(),
+            3,
+            &StepClock::default(),
+        );
+        assert_eq!(d.metadata.annotations, None);
     }
 
     proptest! {
@@ -233,7 +285,7 @@ mod tests {
             spec.shutdown.drain_delay_seconds = drain;
             spec.shutdown.max_request_seconds = max_request;
             spec.shutdown.termination_grace_period_seconds = drain + max_request + extra;
-            let d = build(&test_owner("p"), &spec, replicas);
+            let d = build(&test_owner("p"), &spec, replicas, &StepClock::default());
             let timeout: i64 = env_value(&d, "GRACEFUL_SHUTDOWN_TIMEOUT_MS").unwrap().parse().unwrap();
             let drain_ms: i64 = env_value(&d, "GRACEFUL_DRAIN_DELAY_MS").unwrap().parse().unwrap();
             let grace_ms = i64::from(spec.shutdown.termination_grace_period_seconds) * 1000;

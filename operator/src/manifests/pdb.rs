@@ -3,7 +3,8 @@
 //! `maxUnavailable: 1` lets voluntary disruptions (node drains, evictions) take one pod at a time,
 //! the same pace as a scale-down step: each evicted pod runs its preStop drain while the others
 //! keep serving. `maxUnavailable` rather than `minAvailable` so a one-replica service never blocks
-//! a node drain forever (its single pod still drains gracefully).
+//! a node drain forever (its single pod still drains gracefully). Unhealthy pods may always be
+//! evicted (`unhealthyPodEvictionPolicy: AlwaysAllow`).
 
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
@@ -18,6 +19,9 @@ pub fn build(owner: &Owner) -> PodDisruptionBudget {
         metadata: owner.child_meta(),
         spec: Some(PodDisruptionBudgetSpec {
             max_unavailable: Some(IntOrString::Int(1)),
+            // A crash-looping or never-ready pod serves nothing: evicting it must not wait for
+            // the budget, or one broken pod blocks every node drain.
+            unhealthy_pod_eviction_policy: Some("AlwaysAllow".to_string()),
             selector: Some(LabelSelector {
                 match_labels: Some(selector_labels(&owner.name)),
                 ..LabelSelector::default()
@@ -39,6 +43,10 @@ mod tests {
         let spec = pdb.spec.unwrap();
         assert_eq!(spec.max_unavailable, Some(IntOrString::Int(1)));
         assert_eq!(spec.min_available, None);
+        assert_eq!(
+            spec.unhealthy_pod_eviction_policy.as_deref(),
+            Some("AlwaysAllow")
+        );
         assert_eq!(
             spec.selector.unwrap().match_labels.unwrap()["graceful.dev/service"],
             "web"

@@ -1,0 +1,93 @@
+//! What the planner reads: the Deployment, the pods, the endpoints and the pace settings, as
+//! plain values gathered by [`crate::observe`].
+
+use std::time::Duration;
+
+use k8s_openapi::jiff::Timestamp;
+
+/// What the Deployment reports, from a GET at the start of the reconcile.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct DeploymentObservation {
+    /// `spec.replicas`: the step currently in force.
+    pub spec_replicas: i32,
+    /// `metadata.generation`.
+    pub generation: i64,
+    /// `status.observedGeneration`.
+    pub observed_generation: i64,
+    /// `status.replicas`.
+    pub replicas: i32,
+    /// `status.readyReplicas`.
+    pub ready_replicas: i32,
+    /// `status.updatedReplicas`.
+    pub updated_replicas: i32,
+    /// `status.availableReplicas`.
+    pub available_replicas: i32,
+    /// The Deployment's Progressing condition says ProgressDeadlineExceeded.
+    pub progress_deadline_exceeded: bool,
+    /// The walk's clock, from the Deployment's annotations.
+    pub clock: StepClock,
+    /// This reconcile changes the Deployment's spec (template, strategy or held count), so its
+    /// status still describes the old one.
+    pub spec_changing: bool,
+}
+
+/// When the walk in progress began and when its last step was taken; both None outside a walk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct StepClock {
+    /// When the operator first saw the Deployment above the desired count.
+    pub walk_started: Option<Timestamp>,
+    /// When the last step was applied.
+    pub last_step: Option<Timestamp>,
+}
+
+impl StepClock {
+    /// Since when the walk has been waiting for its current step: the last step, else the start.
+    pub fn waiting_since(&self) -> Option<Timestamp> {
+        self.last_step.or(self.walk_started)
+    }
+}
+
+/// One pod of the service, as the planner needs it.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct PodView {
+    /// Pod name.
+    pub name: String,
+    /// Node it is bound to, if any.
+    pub node: Option<String>,
+    /// `metadata.deletionTimestamp`: the end of its grace period, once deletion began.
+    pub deleting_at: Option<Timestamp>,
+    /// The pod's Ready condition is True.
+    pub ready: bool,
+    /// Since when it has not been ready (the Ready condition's last transition, else creation).
+    pub unready_since: Option<Timestamp>,
+    /// Why it is not ready, in words (phase, scheduling or container state).
+    pub why: String,
+}
+
+/// Pace settings of a scale-down (from `spec.scaleDown`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StepPolicy {
+    /// Pods removed per step (at least 1).
+    pub step_size: i32,
+    /// Minimum time between two steps.
+    pub min_interval: Duration,
+    /// A walk held this long reports Degraded.
+    pub step_timeout: Duration,
+}
+
+/// Everything the planner needs, gathered from the cluster.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Observation {
+    /// `spec.replicas` of the GracefulService.
+    pub desired: i32,
+    /// The Deployment as it stands (its `spec_replicas` already held by [`replicas_to_hold`]).
+    pub deployment: DeploymentObservation,
+    /// The service's pods, terminating ones included.
+    pub pods: Vec<PodView>,
+    /// Distinct pods listed as ready over the Service's EndpointSlices.
+    pub ready_endpoints: i32,
+    /// The current time.
+    pub now: Timestamp,
+    /// Pace settings.
+    pub policy: StepPolicy,
+}
