@@ -7,6 +7,12 @@
 mod idlest;
 #[path = "operator/invalid.rs"]
 mod invalid;
+#[path = "operator/ownership.rs"]
+mod ownership;
+#[path = "operator/race.rs"]
+mod race;
+#[path = "operator/readiness.rs"]
+mod readiness;
 #[path = "operator/recording.rs"]
 mod recording;
 #[path = "operator/resilience.rs"]

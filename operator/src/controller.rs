@@ -211,6 +211,9 @@ pub async fn reconcile(gsvc: Arc<GracefulService>, ctx: Arc<Context>) -> Result<
         Some(Refusal::ChildConflict) => ctx.metrics.child_conflicts.inc(),
         None => 0,
     };
+    if let Some(reason) = &plan.holding {
+        tracing::debug!(ns = %owner.namespace, gsvc = %owner.name, %reason, "holding");
+    }
     if let (Some(refusal), false) = (plan.refusal, plan.events.is_empty()) {
         let note = plan
             .events

@@ -45,6 +45,8 @@ pub struct Plan {
     pub status: Option<GracefulServiceStatus>,
     /// When to reconcile again if no watch event comes first.
     pub requeue_after: Duration,
+    /// Why no step is taken now, for the log.
+    pub holding: Option<String>,
 }
 
 /// Children to apply (None: leave as is).
@@ -149,6 +151,7 @@ pub fn decide(
 
     let mut plan = Plan {
         requeue_after: decision.requeue_after,
+        holding: decision.wait.as_ref().map(|w| w.message()),
         ..Plan::default()
     };
     match decision.step {

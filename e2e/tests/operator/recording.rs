@@ -32,6 +32,8 @@ pub struct Recording {
     /// Deployment status (replicas, updated, ready, available) carried by each replicas change:
     /// a spec update leaves status as it was, so this is what the operator saw when it stepped.
     pub status_at_change: Vec<(i32, i32, i32, i32)>,
+    /// The `graceful.dev/last-step` stamp carried by each replicas change after the first.
+    pub step_stamps: Vec<Option<String>>,
     /// Human-readable timeline: seconds since the recording started, what happened.
     pub timeline: Vec<(f64, String)>,
 }
@@ -68,6 +70,14 @@ pub async fn record(
                 && (initial || !rec.replicas.is_empty())
             {
                 rec.replicas.push((revision(&d.metadata), replicas));
+                if !initial {
+                    let stamp = d
+                        .metadata
+                        .annotations
+                        .as_ref()
+                        .and_then(|a| a.get("graceful.dev/last-step").cloned());
+                    rec.step_stamps.push(stamp);
+                }
                 let st = d.status.clone().unwrap_or_default();
                 rec.status_at_change.push((
                     st.replicas.unwrap_or(0),

@@ -136,6 +136,7 @@ fn walk_checker_rejects_skips_and_early_steps() {
         terminating: vec![(12, "a".into()), (15, "b".into())],
         deleted: vec![(13, "a".into()), (16, "b".into())],
         status_at_change: Vec::new(),
+        step_stamps: Vec::new(),
         timeline: Vec::new(),
     };
     assert!(check_walk(&good, 3, 1).is_ok());

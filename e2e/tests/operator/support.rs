@@ -18,6 +18,10 @@ pub struct Operator {
     child: Child,
     /// Port of its /metrics listener on 127.0.0.1.
     pub metrics_port: u16,
+    /// Port of its /healthz and /readyz listener on 127.0.0.1.
+    #[allow(dead_code)]
+    // used by operator/readiness.rs, not by every binary that includes this file
+    pub health_port: u16,
     /// Its log file.
     pub log: PathBuf,
 }
@@ -68,6 +72,7 @@ impl Operator {
         Ok(Self {
             child,
             metrics_port,
+            health_port,
             log,
         })
     }
