@@ -1,7 +1,8 @@
 //! Proofs only real nodes allow, each under load through a node port: a `kubectl drain` of a
 //! node with the operator's PDB (and its naive twin without the protocol), kubelet and
 //! containerd restarts in the middle of a scale-down and of a rolling update, and kube-proxy
-//! restarts. The tests share the testbed's nodes, so they take turns (one lock).
+//! restarts; walks that meet a Pending or a crash-looping pod ([`stalls`]). The tests share the
+//! testbed's nodes, so they take turns (one lock).
 //!
 //!     cargo build --workspace --bins && cargo test -p e2e --test nodes -- --nocapture
 
@@ -16,6 +17,9 @@ mod recording;
 mod support;
 #[allow(dead_code)]
 mod testbed_support;
+
+#[path = "nodes/stalls.rs"]
+mod stalls;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
