@@ -179,12 +179,12 @@ pub fn decide(
     plan.applies.budget = needed(memory, pdb::build(&owner), observed.budget.as_ref());
 
     let previous = gsvc.status.as_ref();
-    if let Some(message) = &decision.degraded
+    if let Some((reason, message)) = &decision.degraded
         && degraded_message(previous) != Some(message.as_str())
     {
         plan.events.push(Note {
             warning: true,
-            reason: "Degraded".into(),
+            reason: (*reason).into(),
             action: "Reconcile".into(),
             note: message.clone(),
         });

@@ -92,12 +92,15 @@ pub fn from_decision(
         Fresh {
             type_: DEGRADED,
             status: decision.degraded.is_some(),
-            reason: if decision.degraded.is_some() {
-                "NotSettling"
-            } else {
-                "AsExpected"
-            },
-            message: decision.degraded.clone().unwrap_or_default(),
+            reason: decision
+                .degraded
+                .as_ref()
+                .map_or("AsExpected", |(reason, _)| reason),
+            message: decision
+                .degraded
+                .as_ref()
+                .map(|(_, message)| message.clone())
+                .unwrap_or_default(),
         },
     ];
     GracefulServiceStatus {

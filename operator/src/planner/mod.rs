@@ -120,8 +120,8 @@ pub struct Decision {
     pub step: Option<Step>,
     /// Why no step was taken (when the Deployment is not settled or the interval holds).
     pub wait: Option<Wait>,
-    /// Set when something does not settle in time.
-    pub degraded: Option<String>,
+    /// Set when something needs a human: `(reason, message)`.
+    pub degraded: Option<(&'static str, String)>,
     /// The clock to keep on the Deployment.
     pub clock: StepClock,
     /// When to look again if no watch event comes first.
@@ -317,18 +317,24 @@ fn with_health(mut decision: Decision, obs: &Observation) -> Decision {
         .pods
         .iter()
         .filter(|p| overdue(p, obs.now))
-        .map(|p| format!("{} (terminating past its grace period)", describe(p)))
+        .map(|p| format!("{} on {}", p.name, p.node.as_deref().unwrap_or("no node")))
         .collect();
     if obs.deployment.progress_deadline_exceeded {
-        decision.degraded = Some("the Deployment exceeded its progress deadline".to_string());
+        decision.degraded = Some((
+            "ProgressDeadlineExceeded",
+            "the Deployment exceeded its progress deadline".to_string(),
+        ));
     } else if let Some((held, wait)) = held_for {
         if held > timeout {
             // No elapsed time in the text: it would change the status on every reconcile.
-            decision.degraded = Some(format!(
-                "scale-down held at {} longer than the step timeout ({}s): {}",
-                decision.replicas,
-                timeout.as_secs(),
-                wait.message()
+            decision.degraded = Some((
+                "StepTimeout",
+                format!(
+                    "scale-down held at {} longer than the step timeout ({}s): {}",
+                    decision.replicas,
+                    timeout.as_secs(),
+                    wait.message()
+                ),
             ));
         } else {
             let left = timeout - held + Duration::from_secs(1);
@@ -337,7 +343,13 @@ fn with_health(mut decision: Decision, obs: &Observation) -> Decision {
     }
     if decision.degraded.is_none() && !stuck.is_empty() {
         // They no longer hold a walk, but a human should know: their node is gone.
-        decision.degraded = Some(format!("pod(s) left behind: {}", stuck.join(", ")));
+        decision.degraded = Some((
+            "PodsLeftBehind",
+            format!(
+                "pod(s) past their deletion time, their node not acting: {}",
+                stuck.join(", ")
+            ),
+        ));
     }
     if decision.degraded.is_some() {
         decision.phase = Phase::Degraded;

@@ -172,7 +172,8 @@ fn the_clock_starts_with_the_walk_not_its_first_step() {
     let d = plan(&o);
     assert_eq!(d.step, None);
     assert_eq!(d.phase, Phase::Degraded);
-    let message = d.degraded.unwrap();
+    let (reason, message) = d.degraded.unwrap();
+    assert_eq!(reason, "StepTimeout");
     assert!(
         message.contains("web-0 (Pending (Unschedulable), on node-0)"),
         "{message}"
@@ -203,7 +204,7 @@ fn overdue_step_reports_degraded_and_keeps_holding() {
     o.deployment.clock.last_step = Some(o.now - secs(301));
     let d = plan(&o);
     assert_eq!(d.phase, Phase::Degraded);
-    assert!(d.degraded.unwrap().contains("web-old"));
+    assert!(d.degraded.unwrap().1.contains("web-old"));
     assert_eq!(d.replicas, 10);
 }
 
@@ -239,8 +240,9 @@ fn a_pod_stuck_terminating_on_a_lost_node_does_not_hold_the_walk() {
     terminating(&mut o, "web-lost", -6);
     let d = plan(&o);
     assert_eq!(d.step.map(|s| s.to), Some(4));
-    let message = d.degraded.unwrap();
-    assert!(message.contains("web-lost"), "{message}");
+    let (reason, message) = d.degraded.unwrap();
+    assert_eq!(reason, "PodsLeftBehind");
+    assert!(message.contains("web-lost on node-0"), "{message}");
     // Within its grace period (and a little beyond) it still holds.
     let mut o = observation(1, 5);
     terminating(&mut o, "web-slow", -4);
