@@ -20,6 +20,7 @@ use testbed::supervisor::{RUN_INFO_FILE, RunInfo};
 
 #[tokio::test]
 async fn api_answers_and_kubectl_lists_namespaces() -> Result<()> {
+    testbed::skip_without_cluster!();
     let tb = testbed::shared()?;
     let client = tb.client().await?;
     let version = client.apiserver_version().await?;
@@ -46,6 +47,7 @@ async fn api_answers_and_kubectl_lists_namespaces() -> Result<()> {
 
 #[tokio::test]
 async fn namespace_and_configmap_round_trip() -> Result<()> {
+    testbed::skip_without_cluster!();
     let tb = testbed::shared()?;
     let client = tb.client().await?;
     let ns = tb.create_namespace(&client, "cp-roundtrip").await?;
@@ -85,6 +87,7 @@ async fn namespace_and_configmap_round_trip() -> Result<()> {
 
 #[tokio::test]
 async fn rbac_forbids_an_unprivileged_service_account() -> Result<()> {
+    testbed::skip_without_cluster!();
     let tb = testbed::shared()?;
     let admin = tb.client().await?;
     let ns = tb.create_namespace(&admin, "cp-rbac").await?;
@@ -367,6 +370,7 @@ fn signal(pid: u32, signal: &str) -> Result<()> {
 
 #[test]
 fn sigterm_tears_everything_down() -> Result<()> {
+    testbed::skip_without_cluster!();
     let run = OwnRun::start(std::process::id())?;
     signal(run.supervisor.id(), "-TERM")?;
     run.assert_gone(Duration::from_secs(60))
@@ -374,6 +378,7 @@ fn sigterm_tears_everything_down() -> Result<()> {
 
 #[test]
 fn death_of_the_watched_parent_tears_everything_down() -> Result<()> {
+    testbed::skip_without_cluster!();
     let mut parent = Command::new("sleep").arg("600").spawn()?;
     let run = OwnRun::start(parent.id())?;
     parent.kill()?;
@@ -383,6 +388,7 @@ fn death_of_the_watched_parent_tears_everything_down() -> Result<()> {
 
 #[test]
 fn sigkilled_supervisor_leaves_nothing_after_cleanup() -> Result<()> {
+    testbed::skip_without_cluster!();
     let run = OwnRun::start(std::process::id())?;
     signal(run.supervisor.id(), "-KILL")?;
     // The children die with their parent (PR_SET_PDEATHSIG); the containers and shims, which

@@ -62,6 +62,7 @@ fn deletions(r: &RunReport) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rolling_update_loses_no_request_with_graceful_service_and_some_without()
 -> anyhow::Result<()> {
+    testbed::skip_without_cluster!();
     let cluster = cluster().await?;
     let p = params(&cluster);
     let graceful = scenario::run(&cluster.client, Scenario::Rollout, Setup::Graceful, &p).await?;
@@ -92,6 +93,7 @@ async fn rolling_update_loses_no_request_with_graceful_service_and_some_without(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scale_down_loses_no_request_with_graceful_service_and_some_without() -> anyhow::Result<()>
 {
+    testbed::skip_without_cluster!();
     let cluster = cluster().await?;
     let p = params(&cluster);
     let graceful = scenario::run(&cluster.client, Scenario::Scaledown, Setup::Graceful, &p).await?;

@@ -171,6 +171,7 @@ impl Bench {
 #[tokio::test]
 #[ignore = "benchmark report: scripts/bench-operator.sh"]
 async fn operator_footprint_report() -> Result<()> {
+    testbed::skip_without_cluster!();
     let tb = testbed::shared()?;
     let client = tb.client().await?;
     install_crd(tb)?;

@@ -14,6 +14,7 @@ use testbed::images::{self, Base};
 
 #[tokio::test]
 async fn built_images_match_the_dockerfile_final_stages() -> Result<()> {
+    testbed::skip_without_cluster!();
     let bins = testbed::binaries::Binaries::locate_or_build().await?;
     let runtime = testbed::binaries::NodeRuntime::locate_or_install().await?;
     let out = std::env::temp_dir().join(testbed::fixture::unique_name("images"));

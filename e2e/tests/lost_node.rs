@@ -39,6 +39,7 @@ fn node_ready(node: &Node) -> String {
 
 #[tokio::test]
 async fn a_node_lost_mid_scale_down_is_passed_and_its_pods_reported() -> Result<()> {
+    testbed::skip_without_cluster!();
     let tb = testbed::shared()?;
     let client = tb.client().await?;
     install_crd(tb)?;

@@ -162,6 +162,7 @@ async fn drain(tb: &testbed::Testbed, node: &str) -> Result<String> {
 
 #[tokio::test]
 async fn drain_of_a_node_under_load_loses_nothing_at_the_pdbs_pace() -> Result<()> {
+    testbed::skip_without_cluster!();
     let _turn = NODES.lock().await;
     let s = setup("node-drain").await?;
     let _operator = Operator::start(s.tb, &s.ns)?;
@@ -196,6 +197,7 @@ async fn drain_of_a_node_under_load_loses_nothing_at_the_pdbs_pace() -> Result<(
 /// same way loses requests.
 #[tokio::test]
 async fn naive_drain_of_a_node_under_load_loses_requests() -> Result<()> {
+    testbed::skip_without_cluster!();
     let _turn = NODES.lock().await;
     let s = setup("node-drain-naive").await?;
     let naive = testbed_support::AppPods {
@@ -226,6 +228,7 @@ async fn naive_drain_of_a_node_under_load_loses_requests() -> Result<()> {
 /// The walk stays exact through kubelet and containerd restarts: every step once, in order.
 #[tokio::test]
 async fn kubelet_and_containerd_restarts_mid_scale_down_skip_no_step() -> Result<()> {
+    testbed::skip_without_cluster!();
     let report = walk_with_restarts().await?;
     if report.errors() > 0 {
         eprintln!(
@@ -242,6 +245,7 @@ async fn kubelet_and_containerd_restarts_mid_scale_down_skip_no_step() -> Result
 #[tokio::test]
 #[ignore = "open defect: restarts mid-scale-down lost 2 of 20,665 requests once"]
 async fn kubelet_and_containerd_restarts_mid_scale_down_lose_nothing() -> Result<()> {
+    testbed::skip_without_cluster!();
     let report = walk_with_restarts().await?;
     assert_eq!(report.errors(), 0, "{report}");
     Ok(())
@@ -298,6 +302,7 @@ async fn walk_with_restarts() -> Result<loadgen::Report> {
 
 #[tokio::test]
 async fn kubelet_and_containerd_restarts_mid_rollout_lose_nothing() -> Result<()> {
+    testbed::skip_without_cluster!();
     let _turn = NODES.lock().await;
     let s = setup("node-restart-rollout").await?;
     let _operator = Operator::start(s.tb, &s.ns)?;
@@ -353,6 +358,7 @@ async fn kubelet_and_containerd_restarts_mid_rollout_lose_nothing() -> Result<()
 /// assertion is the ignored twin below and this one reports the losses.
 #[tokio::test]
 async fn kube_proxy_restart_under_load_keeps_serving() -> Result<()> {
+    testbed::skip_without_cluster!();
     let report = kube_proxy_restarts().await?;
     if report.errors() > 0 {
         eprintln!(
@@ -366,6 +372,7 @@ async fn kube_proxy_restart_under_load_keeps_serving() -> Result<()> {
 #[tokio::test]
 #[ignore = "open defect: kube-proxy restarts lost 2 of 4,351 requests once"]
 async fn kube_proxy_restart_under_load_loses_nothing() -> Result<()> {
+    testbed::skip_without_cluster!();
     let report = kube_proxy_restarts().await?;
     assert_eq!(report.errors(), 0, "{report}");
     Ok(())

@@ -66,6 +66,7 @@ fn env_of(d: &Deployment) -> Vec<(String, String)> {
 
 #[tokio::test]
 async fn crd_installs_with_names_scale_and_status() -> Result<()> {
+    testbed::skip_without_cluster!();
     let s = setup("op-crd").await?;
     let mut get = s.tb.kubectl();
     get.args(["api-resources", "--api-group=graceful.dev", "-o", "wide"]);
@@ -89,6 +90,7 @@ async fn crd_installs_with_names_scale_and_status() -> Result<()> {
 
 #[tokio::test]
 async fn gsvc_creates_deployment_service_and_pdb() -> Result<()> {
+    testbed::skip_without_cluster!();
     let s = setup("op-create").await?;
     let _operator = Operator::start(s.tb, &s.ns)?;
     let mut spec = quick_spec(2);
@@ -211,6 +213,7 @@ async fn gsvc_creates_deployment_service_and_pdb() -> Result<()> {
 
 #[tokio::test]
 async fn kubectl_scale_moves_the_deployment() -> Result<()> {
+    testbed::skip_without_cluster!();
     let s = setup("op-scale").await?;
     let _operator = Operator::start(s.tb, &s.ns)?;
     create_gsvc(&s.client, &s.ns, "web", quick_spec(1)).await?;
@@ -242,6 +245,7 @@ async fn kubectl_scale_moves_the_deployment() -> Result<()> {
 
 #[tokio::test]
 async fn drift_on_the_deployment_is_undone() -> Result<()> {
+    testbed::skip_without_cluster!();
     let s = setup("op-drift").await?;
     let _operator = Operator::start(s.tb, &s.ns)?;
     create_gsvc(&s.client, &s.ns, "web", quick_spec(2)).await?;

@@ -21,6 +21,7 @@ use testbed_support::*;
 
 #[tokio::test]
 async fn pods_from_local_images_run_on_every_node_and_serve_everywhere() -> Result<()> {
+    testbed::skip_without_cluster!();
     let tb = testbed::shared()?;
     let client = tb.client().await?;
     let ns = namespace(&client, "tb-serve").await?;
@@ -125,6 +126,7 @@ async fn pods_from_local_images_run_on_every_node_and_serve_everywhere() -> Resu
 /// node's address with its client certificate.
 #[tokio::test]
 async fn kubectl_logs_exec_and_port_forward_reach_pods() -> Result<()> {
+    testbed::skip_without_cluster!();
     let tb = testbed::shared()?;
     let client = tb.client().await?;
     let ns = namespace(&client, "tb-kubectl").await?;
@@ -203,6 +205,7 @@ async fn kubectl_logs_exec_and_port_forward_reach_pods() -> Result<()> {
 /// preStop included) runs out, because an in-flight request keeps the app draining longer.
 #[tokio::test]
 async fn prestop_precedes_sigterm_and_sigkill_ends_the_grace_period() -> Result<()> {
+    testbed::skip_without_cluster!();
     let tb = testbed::shared()?;
     let client = tb.client().await?;
     let ns = namespace(&client, "tb-prestop").await?;
@@ -327,6 +330,7 @@ fn parse_rfc3339_ms(ts: &str) -> Result<i64> {
 /// once kube-proxy synced, out of the rotation for new connections.
 #[tokio::test]
 async fn unready_pod_leaves_endpoint_slice_and_gets_no_new_connections() -> Result<()> {
+    testbed::skip_without_cluster!();
     let tb = testbed::shared()?;
     let client = tb.client().await?;
     let ns = namespace(&client, "tb-unready").await?;
@@ -397,6 +401,7 @@ async fn unready_pod_leaves_endpoint_slice_and_gets_no_new_connections() -> Resu
 /// connections, and a new pod gets connections before it listens.
 #[tokio::test]
 async fn naive_rolling_update_under_load_loses_requests() -> Result<()> {
+    testbed::skip_without_cluster!();
     let client = testbed::shared()?.client().await?;
     let ns = namespace(&client, "tb-naive").await?;
     let naive = AppPods {
@@ -419,6 +424,7 @@ async fn naive_rolling_update_under_load_loses_requests() -> Result<()> {
 /// same rollout with a readiness probe and the app's preStop hold loses nothing.
 #[tokio::test]
 async fn rolling_update_with_prestop_and_readiness_loses_nothing() -> Result<()> {
+    testbed::skip_without_cluster!();
     let client = testbed::shared()?.client().await?;
     let ns = namespace(&client, "tb-graceful").await?;
     let graceful = AppPods {

@@ -27,6 +27,31 @@ pub struct Testbed {
 /// Bounds the whole startup, including a cold Go build of the control plane.
 const STARTUP_LIMIT: Duration = Duration::from_secs(100 * 60);
 
+/// Why no cluster can be had here, if so: the local testbed needs root (network namespaces,
+/// cgroups, containerd) unless `TESTBED_KUBECONFIG` names a running one.
+pub fn unavailable() -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    // /proc/self belongs to the process's effective user.
+    let root = std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
+    if root || std::env::var_os("TESTBED_KUBECONFIG").is_some() {
+        return None;
+    }
+    Some("the testbed runs real nodes and needs root (or TESTBED_KUBECONFIG); run ./scripts/test.sh as root".into())
+}
+
+/// First line of every cluster test: without root (and no `TESTBED_KUBECONFIG`) the test prints
+/// why and returns Ok, so `cargo test` as a contributor without root runs everything else and
+/// passes, instead of failing on a testbed it cannot start.
+#[macro_export]
+macro_rules! skip_without_cluster {
+    () => {
+        if let Some(why) = $crate::fixture::unavailable() {
+            eprintln!("skipped (no cluster): {why}");
+            return Ok(());
+        }
+    };
+}
+
 /// The testbed of this test binary, started on first use. Blocks while it starts; all tests of
 /// the binary get the same one (or the same startup error).
 pub fn shared() -> Result<&'static Testbed> {

@@ -43,6 +43,7 @@ fn image_of(p: &Pod) -> Option<&str> {
 
 #[tokio::test]
 async fn apiserver_restart_during_a_rollout() -> Result<()> {
+    testbed::skip_without_cluster!();
     let _exclusive = API_RESTART.write().await;
     let s = setup("fault-api-rollout").await?;
     let operator = Operator::start(s.tb, &s.ns)?;
@@ -111,6 +112,7 @@ async fn apiserver_restart_during_a_rollout() -> Result<()> {
 
 #[tokio::test]
 async fn apiserver_restart_during_a_scale_down() -> Result<()> {
+    testbed::skip_without_cluster!();
     const FROM: i32 = 10;
     let _exclusive = API_RESTART.write().await;
     let s = setup("fault-api-scale").await?;

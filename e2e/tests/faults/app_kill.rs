@@ -77,6 +77,7 @@ async fn kill_one(pods: &Api<Pod>) -> Result<(String, Instant)> {
 
 #[tokio::test]
 async fn app_sigkilled_mid_scale_down_step_waits_until_whole() -> Result<()> {
+    testbed::skip_without_cluster!();
     let _shared = API_RESTART.read().await;
     let s = setup("fault-appkill").await?;
     let operator = Operator::start(s.tb, &s.ns)?;

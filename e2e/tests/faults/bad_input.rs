@@ -101,6 +101,7 @@ async fn invalid_spec_message(api: &Api<GracefulService>, name: &str) -> Result<
 
 #[tokio::test]
 async fn invalid_specs_neither_crash_nor_hot_loop_the_operator() -> Result<()> {
+    testbed::skip_without_cluster!();
     let _shared = API_RESTART.read().await;
     let s = setup("fault-badinput").await?;
     let operator = Operator::start(s.tb, &s.ns)?;

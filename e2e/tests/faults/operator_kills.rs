@@ -26,6 +26,7 @@ pub async fn stable_at(api: &Api<GracefulService>, name: &str, replicas: i32) ->
 
 #[tokio::test]
 async fn operator_sigkilled_at_random_moments_during_twenty_to_one() -> Result<()> {
+    testbed::skip_without_cluster!();
     let _shared = API_RESTART.read().await;
     let s = setup("fault-opkill").await?;
     let mut rng = Rng::from_env_or_clock("operator kills");

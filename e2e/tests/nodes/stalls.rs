@@ -84,6 +84,7 @@ async fn walk_to_one(client: &kube::Client, ns: &str) -> Result<(Vec<i32>, Durat
 
 #[tokio::test]
 async fn a_pending_pod_mid_walk_is_removed_first_and_the_walk_ends() -> Result<()> {
+    testbed::skip_without_cluster!();
     let _turn = NODES.lock().await;
     let s = setup("stall-pending").await?;
     let _operator = Operator::start(s.tb, &s.ns)?;
@@ -142,6 +143,7 @@ async fn a_pending_pod_mid_walk_is_removed_first_and_the_walk_ends() -> Result<(
 
 #[tokio::test]
 async fn a_crash_looping_pod_mid_walk_is_removed_first_and_the_walk_ends() -> Result<()> {
+    testbed::skip_without_cluster!();
     let _turn = NODES.lock().await;
     let s = setup("stall-crash").await?;
     let _operator = Operator::start(s.tb, &s.ns)?;

@@ -36,6 +36,7 @@ struct Outcome {
 
 #[tokio::test]
 async fn scale_down_removes_an_idle_pod_and_the_busy_pods_requests_complete() -> Result<()> {
+    testbed::skip_without_cluster!();
     let out = scale_down_with_one_busy_pod("op-idle", true).await?;
     eprintln!(
         "preferIdlePods on: busy {}, removed {:?}, responses {:?}, step settled in {:.1} s",
@@ -49,6 +50,7 @@ async fn scale_down_removes_an_idle_pod_and_the_busy_pods_requests_complete() ->
 
 #[tokio::test]
 async fn without_prefer_idle_pods_the_newest_busy_pod_is_removed() -> Result<()> {
+    testbed::skip_without_cluster!();
     let out = scale_down_with_one_busy_pod("op-idle-off", false).await?;
     eprintln!(
         "preferIdlePods off: busy {}, removed {:?}, responses {:?}, step settled in {:.1} s",

@@ -16,6 +16,7 @@ use super::{quick_spec, setup};
 
 #[tokio::test]
 async fn a_service_of_someone_else_survives_a_gracefulservice_of_its_name() -> Result<()> {
+    testbed::skip_without_cluster!();
     let s = setup("op-owner").await?;
     let services: Api<Service> = Api::namespaced(s.client.clone(), &s.ns);
     let theirs: Service = serde_json::from_value(serde_json::json!({

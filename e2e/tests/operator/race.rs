@@ -58,6 +58,7 @@ fn operator_deployment_writes(
 
 #[tokio::test]
 async fn an_event_storm_mid_walk_keeps_the_minimum_interval_and_every_step_once() -> Result<()> {
+    testbed::skip_without_cluster!();
     let s = setup("op-storm").await?;
     let user = format!("graceful-operator-{}", s.ns);
     let kubeconfig = restricted_kubeconfig(s.tb, &s.client, &user).await?;

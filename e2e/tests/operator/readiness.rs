@@ -25,6 +25,7 @@ fn readyz(operator: &Operator) -> Result<String> {
 
 #[tokio::test]
 async fn an_operator_that_cannot_list_is_not_ready_and_says_why() -> Result<()> {
+    testbed::skip_without_cluster!();
     let s = setup("op-ready").await?;
     // A user bound to nothing: every list is forbidden.
     let user = format!("nobody-{}", s.ns);

@@ -13,6 +13,7 @@ use super::{invalid, quick_spec, setup};
 
 #[tokio::test]
 async fn two_replicas_with_leader_election_fail_over() -> Result<()> {
+    testbed::skip_without_cluster!();
     use k8s_openapi::api::coordination::v1::Lease;
     let s = setup("op-leader").await?;
     let args = ["--leader-election", "on", "--lease-namespace", &s.ns];
@@ -83,6 +84,7 @@ async fn two_replicas_with_leader_election_fail_over() -> Result<()> {
 /// The operator runs with nothing but operator/rbac.yaml (the list the Helm chart grants).
 #[tokio::test]
 async fn operator_needs_only_the_documented_rbac() -> Result<()> {
+    testbed::skip_without_cluster!();
     let s = setup("op-rbac").await?;
     let user = format!("graceful-operator-{}", s.ns);
     let kubeconfig = restricted_kubeconfig(s.tb, &s.client, &user).await?;
@@ -124,12 +126,14 @@ async fn operator_needs_only_the_documented_rbac() -> Result<()> {
 
 #[tokio::test]
 async fn invalid_specs_are_refused_by_the_api_server() -> Result<()> {
+    testbed::skip_without_cluster!();
     let s = setup("op-invalid").await?;
     invalid::refused_by_schema(&s.client, &s.ns).await
 }
 
 #[tokio::test]
 async fn spec_the_schema_cannot_check_is_reported_without_hot_loop() -> Result<()> {
+    testbed::skip_without_cluster!();
     let s = setup("op-semantic").await?;
     let operator = Operator::start(s.tb, &s.ns)?;
     let mut spec = quick_spec(1);

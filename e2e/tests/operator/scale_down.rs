@@ -14,6 +14,7 @@ use super::{quick_spec, setup};
 
 #[tokio::test]
 async fn twenty_to_one_walks_every_step_after_the_previous_settled() -> Result<()> {
+    testbed::skip_without_cluster!();
     let s = setup("op-walk").await?;
     let operator = Operator::start(s.tb, &s.ns)?;
     create_gsvc(&s.client, &s.ns, "web", quick_spec(20)).await?;
@@ -47,6 +48,7 @@ async fn twenty_to_one_walks_every_step_after_the_previous_settled() -> Result<(
 /// scale-down steps only start once every pod runs the new template.
 #[tokio::test]
 async fn rollout_in_progress_holds_the_scale_down() -> Result<()> {
+    testbed::skip_without_cluster!();
     let s = setup("op-rollout").await?;
     let _operator = Operator::start(s.tb, &s.ns)?;
     create_gsvc(&s.client, &s.ns, "web", quick_spec(6)).await?;
@@ -87,6 +89,7 @@ async fn rollout_in_progress_holds_the_scale_down() -> Result<()> {
 
 #[tokio::test]
 async fn operator_killed_halfway_resumes_without_skip_or_repeat() -> Result<()> {
+    testbed::skip_without_cluster!();
     let s = setup("op-kill").await?;
     let mut operator = Operator::start(s.tb, &s.ns)?;
     create_gsvc(&s.client, &s.ns, "web", quick_spec(10)).await?;
