@@ -244,7 +244,7 @@ pub async fn reconcile(gsvc: Arc<GracefulService>, ctx: Arc<Context>) -> Result<
 
 /// Retries failed reconciles with a backoff that doubles with each consecutive failure of the
 /// object (1 s, 2 s, 4 s ... capped at 5 minutes); a successful reconcile resets it.
-fn error_policy(gsvc: Arc<GracefulService>, error: &Error, ctx: Arc<Context>) -> Action {
+pub(crate) fn error_policy(gsvc: Arc<GracefulService>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics.failed(error);
     let failures = ctx.record_failure(&key(&gsvc));
     let delay = backoff(failures);
@@ -289,6 +289,31 @@ impl Context {
         if let Ok(mut map) = self.failures.lock() {
             map.remove(key);
         }
+    }
+}
+
+#[cfg(test)]
+impl Context {
+    /// A context on `client` whose Service and budget caches already hold `services` and
+    /// `budgets`, as if their watches had listed them; the mock-API tests ([`crate::fixtures`])
+    /// use it to choose between a cache hit and a GET.
+    pub(crate) fn with_cached(
+        client: Client,
+        services: Vec<Service>,
+        budgets: Vec<PodDisruptionBudget>,
+    ) -> Self {
+        let (ctx, mut writers) = Self::new(client, Metrics::default());
+        for service in services {
+            writers
+                .services
+                .apply_watcher_event(&watcher::Event::Apply(service));
+        }
+        for budget in budgets {
+            writers
+                .budgets
+                .apply_watcher_event(&watcher::Event::Apply(budget));
+        }
+        ctx
     }
 }
 

@@ -13,6 +13,8 @@ pub mod crd;
 pub mod decide;
 pub mod drift;
 pub mod error;
+#[cfg(test)]
+mod fixtures;
 pub mod http;
 pub mod leader;
 pub mod manifests;
