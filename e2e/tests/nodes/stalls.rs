@@ -82,17 +82,56 @@ async fn walk_to_one(client: &kube::Client, ns: &str) -> Result<(Vec<i32>, Durat
     Ok((steps, started.elapsed()))
 }
 
+type Load = (
+    loadgen::Control,
+    tokio::task::JoinHandle<Result<loadgen::Report>>,
+);
+
+/// A GracefulService of `FROM` pods with its operator, serving load through a node port.
+async fn serving(prefix: &str) -> Result<(super::common::Setup, Operator, Load)> {
+    let s = setup(prefix).await?;
+    let operator = Operator::start(s.tb, &s.ns)?;
+    create_gsvc(&s.client, &s.ns, "web", spec(FROM)).await?;
+    wait_stable(&s.client, &s.ns, "web", FROM).await?;
+    let port = node_port(&s.client, &s.ns, "web").await?;
+    let load = start_load(port);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    Ok((s, operator, load))
+}
+
+/// Walks to 1 past the `what` pod `pod`: the walk must end, its first step must remove that pod
+/// alone, and the load must lose nothing.
+async fn walk_past(
+    client: &kube::Client,
+    ns: &str,
+    (control, load): Load,
+    what: &str,
+    pod: &str,
+) -> Result<()> {
+    let (steps, took) = walk_to_one(client, ns).await?;
+    let report = stop_load(control, load).await?;
+    eprintln!(
+        "{what} pod mid-walk: steps {steps:?} in {:.1} s; load {report}",
+        took.as_secs_f64()
+    );
+    ensure!(
+        steps.get(1) == Some(&(FROM - 1)),
+        "the first step removes only the {what} pod: {steps:?}"
+    );
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    ensure!(
+        pods.get_opt(pod).await?.is_none(),
+        "the {what} pod is still there"
+    );
+    ensure!(report.errors() == 0, "{report}");
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_pending_pod_mid_walk_is_removed_first_and_the_walk_ends() -> Result<()> {
     testbed::skip_without_cluster!();
     let _turn = NODES.lock().await;
-    let s = setup("stall-pending").await?;
-    let _operator = Operator::start(s.tb, &s.ns)?;
-    create_gsvc(&s.client, &s.ns, "web", spec(FROM)).await?;
-    wait_stable(&s.client, &s.ns, "web", FROM).await?;
-    let port = node_port(&s.client, &s.ns, "web").await?;
-    let (control, load) = start_load(port);
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (s, _operator, load) = serving("stall-pending").await?;
 
     let nodes: Vec<String> = Api::<k8s_openapi::api::core::v1::Node>::all(s.client.clone())
         .list(&ListParams::default())
@@ -123,35 +162,14 @@ async fn a_pending_pod_mid_walk_is_removed_first_and_the_walk_ends() -> Result<(
     .await?;
     eprintln!("{victim} deleted; its replacement {pending} is Pending (nodes cordoned)");
 
-    let (steps, took) = walk_to_one(&s.client, &s.ns).await?;
-    let report = stop_load(control, load).await?;
-    eprintln!(
-        "pending pod mid-walk: steps {steps:?} in {:.1} s; load {report}",
-        took.as_secs_f64()
-    );
-    ensure!(
-        steps.get(1) == Some(&(FROM - 1)),
-        "the first step removes only the Pending pod: {steps:?}"
-    );
-    ensure!(
-        pods.get_opt(&pending).await?.is_none(),
-        "the Pending pod is still there"
-    );
-    assert_eq!(report.errors(), 0, "{report}");
-    Ok(())
+    walk_past(&s.client, &s.ns, load, "Pending", &pending).await
 }
 
 #[tokio::test]
 async fn a_crash_looping_pod_mid_walk_is_removed_first_and_the_walk_ends() -> Result<()> {
     testbed::skip_without_cluster!();
     let _turn = NODES.lock().await;
-    let s = setup("stall-crash").await?;
-    let _operator = Operator::start(s.tb, &s.ns)?;
-    create_gsvc(&s.client, &s.ns, "web", spec(FROM)).await?;
-    wait_stable(&s.client, &s.ns, "web", FROM).await?;
-    let port = node_port(&s.client, &s.ns, "web").await?;
-    let (control, load) = start_load(port);
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (s, _operator, load) = serving("stall-crash").await?;
 
     let pods: Api<Pod> = Api::namespaced(s.client.clone(), &s.ns);
     let selector = ListParams::default().labels("graceful.dev/service=web");
@@ -246,20 +264,5 @@ async fn a_crash_looping_pod_mid_walk_is_removed_first_and_the_walk_ends() -> Re
     .await?;
     eprintln!("{name}: {why}");
 
-    let (steps, took) = walk_to_one(&s.client, &s.ns).await?;
-    let report = stop_load(control, load).await?;
-    eprintln!(
-        "crash-looping pod mid-walk: steps {steps:?} in {:.1} s; load {report}",
-        took.as_secs_f64()
-    );
-    ensure!(
-        steps.get(1) == Some(&(FROM - 1)),
-        "the first step removes only the crash-looping pod: {steps:?}"
-    );
-    ensure!(
-        pods.get_opt(&name).await?.is_none(),
-        "the crash-looping pod is still there"
-    );
-    assert_eq!(report.errors(), 0, "{report}");
-    Ok(())
+    walk_past(&s.client, &s.ns, load, "crash-looping", &name).await
 }

@@ -249,15 +249,7 @@ pub fn plan(obs: &Observation) -> Decision {
     );
     if walking && dead_surplus > 0 && rollout_quiet {
         let dead = i32::try_from(dead_surplus).unwrap_or(i32::MAX);
-        let to = current.saturating_sub(dead).max(obs.desired);
-        decision.replicas = to;
-        decision.step = Some(Step {
-            from: current,
-            to,
-            kind: StepKind::Unready,
-        });
-        decision.clock.last_step = Some(obs.now);
-        decision.phase = Phase::ScalingDown;
+        take_step(&mut decision, obs, dead, StepKind::Unready);
         return with_health(decision, obs);
     }
     match settle {
@@ -282,20 +274,21 @@ pub fn plan(obs: &Observation) -> Decision {
                     decision.wait = Some(Wait::Interval { remaining });
                     decision.requeue_after = remaining.max(Duration::from_secs(1));
                 }
-                _ => {
-                    let to = (current - obs.policy.step_size.max(1)).max(obs.desired);
-                    decision.replicas = to;
-                    decision.step = Some(Step {
-                        from: current,
-                        to,
-                        kind: StepKind::Drain,
-                    });
-                    decision.clock.last_step = Some(obs.now);
-                }
+                _ => take_step(&mut decision, obs, obs.policy.step_size, StepKind::Drain),
             }
         }
     }
     with_health(decision, obs)
+}
+
+/// Lowers the replicas by `pods` (at least 1, never below the target) and stamps the step.
+fn take_step(decision: &mut Decision, obs: &Observation, pods: i32, kind: StepKind) {
+    let from = obs.deployment.spec_replicas;
+    let to = from.saturating_sub(pods.max(1)).max(obs.desired);
+    decision.replicas = to;
+    decision.step = Some(Step { from, to, kind });
+    decision.clock.last_step = Some(obs.now);
+    decision.phase = Phase::ScalingDown;
 }
 
 /// Adds `degraded` (and the Degraded phase) when the walk has been held past the step timeout or
