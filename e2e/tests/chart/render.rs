@@ -1,0 +1,115 @@
+//! The chart offline: it lints, renders hardened manifests, grants exactly operator/rbac.yaml,
+//! always runs leader election, and refuses bad values.
+
+use anyhow::ensure;
+
+use super::common::{KUBE_VERSION, RELEASE, chart, ok, rbac_rules, run};
+
+/// `helm template` of the chart with `args`.
+pub fn template(tb: &testbed::Testbed, args: &[&str]) -> anyhow::Result<String> {
+    let mut template = tb.helm();
+    template
+        .args(["template", RELEASE])
+        .args(KUBE_VERSION)
+        .args(args)
+        .arg(chart());
+    ok(template)
+}
+
+/// The rendered RBAC templates without comment lines.
+fn rendered_rbac(tb: &testbed::Testbed, args: &[&str]) -> anyhow::Result<String> {
+    let mut all = vec!["--show-only", "templates/rbac.yaml"];
+    all.extend_from_slice(args);
+    Ok(template(tb, &all)?
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .collect::<Vec<_>>()
+        .join("\n"))
+}
+
+#[test]
+fn chart_lints_and_renders_least_privilege_hardened_manifests() -> anyhow::Result<()> {
+    let tb = testbed::shared()?;
+    let mut lint = tb.helm();
+    lint.args(["lint", "--strict"]).arg(chart());
+    ok(lint)?;
+
+    let rendered = template(tb, &["--namespace", "graceful-system", "--include-crds"])?;
+    for kind in [
+        "kind: CustomResourceDefinition",
+        "kind: ServiceAccount",
+        "kind: ClusterRole\n",
+        "kind: ClusterRoleBinding",
+        "kind: Role\n",
+        "kind: RoleBinding",
+        "kind: Deployment",
+    ] {
+        ensure!(
+            rendered.contains(kind),
+            "`{}` missing from the rendered chart",
+            kind.trim()
+        );
+    }
+    for hardening in [
+        "runAsNonRoot: true",
+        "readOnlyRootFilesystem: true",
+        "allowPrivilegeEscalation: false",
+        "livenessProbe:",
+        "readinessProbe:",
+    ] {
+        ensure!(
+            rendered.contains(hardening),
+            "`{hardening}` missing from the operator Deployment"
+        );
+    }
+    ensure!(
+        rendered.contains("drop: [\"ALL\"]") || rendered.contains("- ALL"),
+        "the operator container keeps capabilities"
+    );
+    let rbac = rendered_rbac(tb, &[])?;
+    let operator_rbac = std::fs::read_to_string(chart().join("../../operator/rbac.yaml"))?;
+    let chart_rules = rbac_rules(&rbac)?;
+    ensure!(chart_rules.len() >= 10, "parsed only {chart_rules:?}");
+    ensure!(
+        chart_rules == rbac_rules(&operator_rbac)?,
+        "the chart's RBAC rules differ from operator/rbac.yaml (every permission the operator uses)"
+    );
+    ensure!(
+        chart_rules.contains(&(
+            "graceful.dev".to_string(),
+            "gracefulservices/finalizers".to_string(),
+            "update".to_string()
+        )),
+        "no update on gracefulservices/finalizers: OwnerReferencesPermissionEnforcement refuses the children"
+    );
+    ensure!(
+        !rbac.contains("secrets"),
+        "the chart's RBAC mentions secrets"
+    );
+    ensure!(!rbac.contains('*'), "the chart's RBAC grants a wildcard");
+
+    ensure!(
+        rendered.contains("--leader-election=off"),
+        "one replica runs without leader election"
+    );
+    // Two replicas turn leader election on.
+    ensure!(template(tb, &["--set", "replicaCount=2"])?.contains("--leader-election=on"));
+    // A bad value is refused by values.schema.json.
+    let mut bad = tb.helm();
+    bad.args(["template", RELEASE, "--set", "logFormat=xml"])
+        .args(KUBE_VERSION)
+        .arg(chart());
+    ensure!(
+        !run(bad)?.status.success(),
+        "values.schema.json accepted logFormat=xml"
+    );
+
+    // The chart's CRD is the generated one.
+    let generated = std::fs::read_to_string(chart().join("../../crds/gracefulservice.yaml"))?;
+    let in_chart = std::fs::read_to_string(chart().join("crds/gracefulservice.yaml"))?;
+    ensure!(
+        generated == in_chart,
+        "charts/graceful-operator/crds differs from crds/"
+    );
+    Ok(())
+}
