@@ -8,9 +8,20 @@
 //!
 //!     cargo build --workspace --bins && cargo test -p e2e --test chart -- --nocapture
 
+#[allow(dead_code)]
+#[path = "audit/mod.rs"]
+mod audit;
 #[path = "chart/common.rs"]
 mod common;
 #[path = "chart/install.rs"]
 mod install;
+#[allow(dead_code)]
+#[path = "operator/recording.rs"]
+mod recording;
 #[path = "chart/render.rs"]
 mod render;
+#[allow(dead_code)]
+#[path = "operator/support.rs"]
+mod support;
+#[path = "chart/upgrade_walk.rs"]
+mod upgrade_walk;

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::Parser;
+use futures::FutureExt;
 use graceful_operator::controller::{self, Context};
 use graceful_operator::http;
 use graceful_operator::leader::{self, LeaseConfig};
@@ -118,22 +119,35 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         () = &mut stop => return Ok(()),
     };
     tracing::info!(lease = %lease.name, identity = %lease.identity, "leadership acquired");
-    let (lost_tx, mut lost_rx) = tokio::sync::oneshot::channel::<()>();
-    let lost = leadership.lost();
-    let end = async move {
-        tokio::select! {
-            () = stop => {}
-            () = lost => { let _ = lost_tx.send(()); }
+    let lost = leadership.lost().boxed().shared();
+    let end = {
+        let lost = lost.clone();
+        async move {
+            tokio::select! {
+                () = stop => {}
+                () = lost => {}
+            }
         }
     };
-    controller::run(ctx, writers, args.namespace, end).await;
-    let was_lost = lost_rx.try_recv().is_ok();
-    leadership.release().await;
-    if was_lost {
-        // Exit non-zero so the pod restarts and campaigns again from a clean state.
-        return Err("leadership lost".into());
+    // After a loss the controller gets STOP_GRACE to finish, then the process ends anyway: its
+    // writes must stop before the lease can expire for the standby (leader.rs).
+    let stopped_in_time = tokio::select! {
+        () = controller::run(ctx, writers, args.namespace, end) => true,
+        () = async {
+            lost.clone().await;
+            tokio::time::sleep(leader::STOP_GRACE).await;
+        } => false,
+    };
+    if lost.peek().is_none() {
+        leadership.release().await;
+        return Ok(());
     }
-    Ok(())
+    leadership.abandon();
+    if !stopped_in_time {
+        tracing::error!(grace = ?leader::STOP_GRACE, "controller still busy after the lease was lost; exiting without waiting");
+    }
+    // Exit non-zero so the pod restarts and campaigns again from a clean state.
+    Err("leadership lost".into())
 }
 
 /// Resolves on SIGTERM or SIGINT.
