@@ -13,6 +13,8 @@
 mod audit;
 #[path = "chart/common.rs"]
 mod common;
+#[path = "chart/crd_upgrade.rs"]
+mod crd_upgrade;
 #[path = "chart/install.rs"]
 mod install;
 #[allow(dead_code)]

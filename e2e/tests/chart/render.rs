@@ -1,7 +1,8 @@
 //! The chart offline: it lints, renders hardened manifests, grants exactly operator/rbac.yaml,
-//! always runs leader election, and refuses bad values.
+//! always runs leader election, refuses bad values, and carries the generated CRD as a template
+//! (kept on uninstall, switched off by `crds.install=false`).
 
-use anyhow::ensure;
+use anyhow::{Context as _, ensure};
 
 use super::common::{KUBE_VERSION, RELEASE, chart, ok, rbac_rules, run};
 
@@ -107,12 +108,32 @@ fn chart_lints_and_renders_least_privilege_hardened_manifests() -> anyhow::Resul
         "values.schema.json accepted logFormat=xml"
     );
 
-    // The chart's CRD is the generated one.
-    let generated = std::fs::read_to_string(chart().join("../../crds/gracefulservice.yaml"))?;
-    let in_chart = std::fs::read_to_string(chart().join("crds/gracefulservice.yaml"))?;
+    // The chart's CRD is the generated one, kept on uninstall, and left out on request.
+    let crd = template(tb, &["--show-only", "templates/crd.yaml"])?;
+    let mut crd: serde_yaml::Value = serde_yaml::from_str(&crd)?;
+    let metadata = crd
+        .get_mut("metadata")
+        .and_then(|m| m.as_mapping_mut())
+        .context("CRD without metadata")?;
+    let annotations = metadata.remove("annotations");
+    metadata.remove("labels");
     ensure!(
-        generated == in_chart,
-        "charts/graceful-operator/crds differs from crds/"
+        annotations
+            .as_ref()
+            .and_then(|a| a.get("helm.sh/resource-policy"))
+            == Some(&serde_yaml::Value::from("keep")),
+        "the chart's CRD is not kept on uninstall: {annotations:?}"
+    );
+    let generated: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(
+        chart().join("../../crds/gracefulservice.yaml"),
+    )?)?;
+    ensure!(
+        crd == generated,
+        "templates/crd.yaml differs from crds/gracefulservice.yaml: run scripts/gen-crd.sh"
+    );
+    ensure!(
+        !template(tb, &["--set", "crds.install=false"])?.contains("kind: CustomResourceDefinition"),
+        "crds.install=false still renders the CRD"
     );
     Ok(())
 }
