@@ -17,6 +17,8 @@ mod common;
 mod crd_upgrade;
 #[path = "chart/install.rs"]
 mod install;
+#[path = "chart/namespaced.rs"]
+mod namespaced;
 #[allow(dead_code)]
 #[path = "operator/recording.rs"]
 mod recording;

@@ -1,5 +1,6 @@
 //! graceful-operator: runs the GracefulService controller with metrics, health endpoints and
-//! optional leader election.
+//! optional leader election; one controller per watched namespace (or one for all), so that a
+//! namespaced install needs Roles in those namespaces only.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -8,6 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::Parser;
 use futures::FutureExt;
+use futures::future::{BoxFuture, Shared};
 use graceful_operator::controller::{self, Context};
 use graceful_operator::http;
 use graceful_operator::leader::{self, LeaseConfig};
@@ -56,9 +58,49 @@ struct Args {
     /// Namespace of the leader-election Lease.
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
     lease_namespace: String,
-    /// Watch only this namespace (default: all namespaces).
-    #[arg(long, env = "GRACEFUL_OPERATOR_NAMESPACE")]
-    namespace: Option<String>,
+    /// Watch only these namespaces, comma-separated or the flag repeated (default: all
+    /// namespaces). One controller runs per namespace.
+    #[arg(
+        long = "namespace",
+        env = "GRACEFUL_OPERATOR_NAMESPACE",
+        value_delimiter = ',',
+        value_parser = namespace_name
+    )]
+    namespaces: Vec<String>,
+}
+
+/// A namespace name as Kubernetes accepts it (an RFC 1123 label): refused here with a clear
+/// message rather than by the API server at the first watch.
+fn namespace_name(value: &str) -> Result<String, String> {
+    let valid = !value.is_empty()
+        && value.len() <= 63
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !value.starts_with('-')
+        && !value.ends_with('-');
+    if valid {
+        Ok(value.to_string())
+    } else {
+        Err(format!(
+            "`{value}` is not a namespace name: 1 to 63 lowercase letters, digits or '-', starting and ending with a letter or digit"
+        ))
+    }
+}
+
+/// The namespaces to run a controller for: `None` is all of them. A namespace named twice is
+/// refused, as it would run two controllers on the same objects.
+fn scopes(namespaces: Vec<String>) -> Result<Vec<Option<String>>, String> {
+    let mut seen = std::collections::BTreeSet::new();
+    for ns in &namespaces {
+        if !seen.insert(ns) {
+            return Err(format!("namespace `{ns}` is given twice"));
+        }
+    }
+    if namespaces.is_empty() {
+        return Ok(vec![None]);
+    }
+    Ok(namespaces.into_iter().map(Some).collect())
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -70,8 +112,17 @@ enum Switch {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
+    let scopes = match scopes(args.namespaces.clone()) {
+        Ok(scopes) => scopes,
+        Err(message) => {
+            use clap::CommandFactory;
+            Args::command()
+                .error(clap::error::ErrorKind::ValueValidation, message)
+                .exit()
+        }
+    };
     telemetry::init(args.log_format);
-    match run(args).await {
+    match run(args, scopes).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(%error, "graceful-operator stopped");
@@ -80,7 +131,21 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+/// Runs one controller per scope, each with its own context, until `shutdown` resolves.
+async fn run_controllers(
+    client: &kube::Client,
+    metrics: &Metrics,
+    scopes: Vec<Option<String>>,
+    shutdown: Shared<BoxFuture<'static, ()>>,
+) {
+    let controllers = scopes.into_iter().map(|scope| {
+        let (ctx, writers) = Context::new(client.clone(), metrics.clone());
+        controller::run(Arc::new(ctx), writers, scope, shutdown.clone())
+    });
+    futures::future::join_all(controllers).await;
+}
+
+async fn run(args: Args, scopes: Vec<Option<String>>) -> Result<(), Box<dyn std::error::Error>> {
     let metrics = Metrics::default();
     let mut registry = Registry::default();
     metrics.register(&mut registry);
@@ -93,18 +158,16 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     tracing::info!(
         %metrics_at,
         %health_at,
-        namespace = args.namespace.as_deref().unwrap_or("<all>"),
+        namespaces = %if args.namespaces.is_empty() { "<all>".to_string() } else { args.namespaces.join(",") },
         "serving metrics and health"
     );
 
     let client = kube::Client::try_default().await?;
-    let (ctx, writers) = Context::new(client.clone(), metrics);
-    let ctx = Arc::new(ctx);
     let mut stop = Box::pin(shutdown_signal());
 
     if args.leader_election == Switch::Off {
         state.ready.store(true, Ordering::Relaxed);
-        controller::run(ctx, writers, args.namespace, stop).await;
+        run_controllers(&client, &metrics, scopes, stop.boxed().shared()).await;
         return Ok(());
     }
     let lease = LeaseConfig {
@@ -115,7 +178,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     // Ready while waiting: a standby replica is healthy, it just does not reconcile.
     state.ready.store(true, Ordering::Relaxed);
     let leadership = tokio::select! {
-        held = leader::acquire(client, &lease) => held?,
+        held = leader::acquire(client.clone(), &lease) => held?,
         () = &mut stop => return Ok(()),
     };
     tracing::info!(lease = %lease.name, identity = %lease.identity, "leadership acquired");
@@ -128,11 +191,13 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 () = lost => {}
             }
         }
+        .boxed()
+        .shared()
     };
     // After a loss the controller gets STOP_GRACE to finish, then the process ends anyway: its
     // writes must stop before the lease can expire for the standby (leader.rs).
     let stopped_in_time = tokio::select! {
-        () = controller::run(ctx, writers, args.namespace, end) => true,
+        () = run_controllers(&client, &metrics, scopes, end) => true,
         () = async {
             lost.clone().await;
             tokio::time::sleep(leader::STOP_GRACE).await;
@@ -165,4 +230,44 @@ async fn shutdown_signal() {
         () = term => {}
     }
     tracing::info!("shutdown signal received");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn namespaces_are_comma_separated_or_repeated() {
+        let args = Args::try_parse_from(["op", "--namespace", "a,b", "--namespace", "c"]).unwrap();
+        assert_eq!(args.namespaces, ["a", "b", "c"]);
+        let scopes = scopes(args.namespaces).unwrap();
+        assert_eq!(
+            scopes,
+            [Some("a".into()), Some("b".into()), Some("c".into())]
+        );
+        let all = Args::try_parse_from(["op"]).unwrap();
+        assert_eq!(scopes_of(all), [None]);
+    }
+
+    fn scopes_of(args: Args) -> Vec<Option<String>> {
+        scopes(args.namespaces).unwrap()
+    }
+
+    // Bad input is refused with a message naming it.
+    #[test]
+    fn a_bad_or_repeated_namespace_is_refused() {
+        for bad in ["A", "a_b", "-a", "a-", "", &"x".repeat(64)] {
+            let flag = format!("--namespace={bad}");
+            let error = Args::try_parse_from(["op", flag.as_str()]).unwrap_err();
+            assert!(
+                error.to_string().contains("not a namespace name"),
+                "{bad}: {error}"
+            );
+        }
+        let twice = Args::try_parse_from(["op", "--namespace", "a,a"]).unwrap();
+        assert_eq!(
+            scopes(twice.namespaces).unwrap_err(),
+            "namespace `a` is given twice"
+        );
+    }
 }

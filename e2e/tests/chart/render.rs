@@ -89,6 +89,39 @@ fn chart_lints_and_renders_least_privilege_hardened_manifests() -> anyhow::Resul
     );
     ensure!(!rbac.contains('*'), "the chart's RBAC grants a wildcard");
 
+    // A namespaced install: the same rules, as Roles in each listed namespace, no ClusterRole;
+    // the operator is told its namespaces. Bad or repeated names are refused by the schema.
+    let namespaced = rendered_rbac(tb, &["--set", "watchNamespaces={team-a,team-b}"])?;
+    ensure!(
+        rbac_rules(&namespaced)? == chart_rules,
+        "the namespaced install grants other rules than operator/rbac.yaml"
+    );
+    ensure!(
+        !namespaced.contains("kind: ClusterRole"),
+        "the namespaced install has a ClusterRole"
+    );
+    for ns in ["team-a", "team-b"] {
+        ensure!(
+            namespaced.contains(&format!("namespace: {ns}")),
+            "no Role or RoleBinding in {ns}"
+        );
+    }
+    ensure!(
+        template(tb, &["--set", "watchNamespaces={team-a,team-b}"])?
+            .contains("--namespace=team-a,team-b")
+    );
+    for bad in ["watchNamespaces={Team_A}", "watchNamespaces={a,a}"] {
+        let mut refused = tb.helm();
+        refused
+            .args(["template", RELEASE, "--set", bad])
+            .args(KUBE_VERSION)
+            .arg(chart());
+        ensure!(
+            !run(refused)?.status.success(),
+            "values.schema.json accepted {bad}"
+        );
+    }
+
     // Leader election is on whatever the replica count: a `helm upgrade` rolls the Deployment,
     // and for a moment two pods run.
     for replicas in ["replicaCount=1", "replicaCount=2"] {
