@@ -14,7 +14,7 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::Api;
-use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 
 use super::common::{
     FULLNAME, ONE_RELEASE, apply_gsvc, chart, expect_can_i, helm_install, uninstall,
@@ -258,6 +258,34 @@ async fn finalizers_rule_is_needed(
     ensure!(
         restored.is_none(),
         "refused after the rule was restored: {restored:?}"
+    );
+
+    // What an operator upgrade that starts setting blockOwnerDeletion on children created
+    // without it meets: changing the owner references of an existing object needs `delete` on
+    // it, which the operator does not have. Checked so the condition stays visible.
+    let services: Api<Service> = Api::namespaced(sa.clone(), app_ns);
+    let mut refs = Api::<Service>::namespaced(client.clone(), app_ns)
+        .get("hello")
+        .await?
+        .metadata
+        .owner_references
+        .unwrap_or_default();
+    refs.iter_mut()
+        .for_each(|r| r.block_owner_deletion = Some(true));
+    let patch = serde_json::json!({ "metadata": { "ownerReferences": refs } });
+    let changed = services
+        .patch("hello", &PatchParams::default(), &Patch::Merge(&patch))
+        .await;
+    eprintln!(
+        "setting blockOwnerDeletion on the existing Service hello as the operator: {:?}",
+        changed
+            .as_ref()
+            .map(|_| "allowed")
+            .map_err(|e| e.to_string())
+    );
+    ensure!(
+        matches!(&changed, Err(kube::Error::Api(s)) if s.code == 403 && s.message.contains("can't delete")),
+        "changing an existing child's owner reference without delete was not refused: {changed:?}"
     );
     Ok(())
 }
