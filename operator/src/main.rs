@@ -1,5 +1,6 @@
 //! graceful-operator: runs the GracefulService controller with metrics, health endpoints and
-//! optional leader election.
+//! optional leader election; one controller per watched namespace (or one for all), so that a
+//! namespaced install needs Roles in those namespaces only.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -7,6 +8,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::Parser;
+use futures::FutureExt;
+use futures::future::{BoxFuture, Shared};
 use graceful_operator::controller::{self, Context};
 use graceful_operator::http;
 use graceful_operator::leader::{self, LeaseConfig};
@@ -55,9 +58,49 @@ struct Args {
     /// Namespace of the leader-election Lease.
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
     lease_namespace: String,
-    /// Watch only this namespace (default: all namespaces).
-    #[arg(long, env = "GRACEFUL_OPERATOR_NAMESPACE")]
-    namespace: Option<String>,
+    /// Watch only these namespaces, comma-separated or the flag repeated (default: all
+    /// namespaces). One controller runs per namespace.
+    #[arg(
+        long = "namespace",
+        env = "GRACEFUL_OPERATOR_NAMESPACE",
+        value_delimiter = ',',
+        value_parser = namespace_name
+    )]
+    namespaces: Vec<String>,
+}
+
+/// A namespace name as Kubernetes accepts it (an RFC 1123 label): refused here with a clear
+/// message rather than by the API server at the first watch.
+fn namespace_name(value: &str) -> Result<String, String> {
+    let valid = !value.is_empty()
+        && value.len() <= 63
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !value.starts_with('-')
+        && !value.ends_with('-');
+    if valid {
+        Ok(value.to_string())
+    } else {
+        Err(format!(
+            "`{value}` is not a namespace name: 1 to 63 lowercase letters, digits or '-', starting and ending with a letter or digit"
+        ))
+    }
+}
+
+/// The namespaces to run a controller for: `None` is all of them. A namespace named twice is
+/// refused, as it would run two controllers on the same objects.
+fn scopes(namespaces: Vec<String>) -> Result<Vec<Option<String>>, String> {
+    let mut seen = std::collections::BTreeSet::new();
+    for ns in &namespaces {
+        if !seen.insert(ns) {
+            return Err(format!("namespace `{ns}` is given twice"));
+        }
+    }
+    if namespaces.is_empty() {
+        return Ok(vec![None]);
+    }
+    Ok(namespaces.into_iter().map(Some).collect())
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -69,8 +112,17 @@ enum Switch {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
+    let scopes = match scopes(args.namespaces.clone()) {
+        Ok(scopes) => scopes,
+        Err(message) => {
+            use clap::CommandFactory;
+            Args::command()
+                .error(clap::error::ErrorKind::ValueValidation, message)
+                .exit()
+        }
+    };
     telemetry::init(args.log_format);
-    match run(args).await {
+    match run(args, scopes).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(%error, "graceful-operator stopped");
@@ -79,7 +131,53 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+/// Runs one controller per scope, each with its own context, until `shutdown` resolves; marks
+/// `state` ready once every controller's caches have synced (so the CRD answers and the lists
+/// are allowed in every scope).
+async fn run_controllers(
+    client: &kube::Client,
+    metrics: &Metrics,
+    scopes: Vec<Option<String>>,
+    shutdown: Shared<BoxFuture<'static, ()>>,
+    state: &Arc<http::State>,
+) {
+    let contexts: Vec<_> = scopes
+        .into_iter()
+        .map(|scope| {
+            let (ctx, writers) = Context::new(client.clone(), metrics.clone());
+            (Arc::new(ctx), writers, scope)
+        })
+        .collect();
+    let synced: Vec<Arc<Context>> = contexts.iter().map(|(ctx, _, _)| ctx.clone()).collect();
+    let readiness = state.clone();
+    let ready = tokio::spawn(async move {
+        futures::future::join_all(synced.iter().map(|ctx| ctx.synced())).await;
+        readiness.ready.store(true, Ordering::Relaxed);
+        tracing::info!("caches synced; ready");
+    });
+    let controllers = contexts
+        .into_iter()
+        .map(|(ctx, writers, scope)| controller::run(ctx, writers, scope, shutdown.clone()));
+    futures::future::join_all(controllers).await;
+    ready.abort();
+}
+
+/// Returns once GracefulServices can be listed in every scope (the CRD is installed and
+/// readable), retrying every 5 s with a warning.
+async fn crd_answers(client: &kube::Client, scopes: &[Option<String>]) {
+    for scope in scopes {
+        let api: kube::Api<graceful_operator::GracefulService> = match scope {
+            Some(ns) => kube::Api::namespaced(client.clone(), ns),
+            None => kube::Api::all(client.clone()),
+        };
+        while let Err(error) = api.list(&kube::api::ListParams::default().limit(1)).await {
+            tracing::warn!(%error, scope = scope.as_deref().unwrap_or("<all>"), "cannot list GracefulServices (is the CRD installed?); not ready");
+            tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+        }
+    }
+}
+
+async fn run(args: Args, scopes: Vec<Option<String>>) -> Result<(), Box<dyn std::error::Error>> {
     let metrics = Metrics::default();
     let mut registry = Registry::default();
     metrics.register(&mut registry);
@@ -92,25 +190,15 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     tracing::info!(
         %metrics_at,
         %health_at,
-        namespace = args.namespace.as_deref().unwrap_or("<all>"),
+        namespaces = %if args.namespaces.is_empty() { "<all>".to_string() } else { args.namespaces.join(",") },
         "serving metrics and health"
     );
 
     let client = kube::Client::try_default().await?;
-    let (ctx, writers) = Context::new(client.clone(), metrics);
-    let ctx = Arc::new(ctx);
     let mut stop = Box::pin(shutdown_signal());
 
-    // Ready once the caches have synced: the CRD answers and the lists are allowed.
-    let synced = ctx.clone();
-    let readiness = state.clone();
-    tokio::spawn(async move {
-        synced.synced().await;
-        readiness.ready.store(true, Ordering::Relaxed);
-        tracing::info!("caches synced; ready");
-    });
     if args.leader_election == Switch::Off {
-        controller::run(ctx, writers, args.namespace, stop).await;
+        run_controllers(&client, &metrics, scopes, stop.boxed().shared(), &state).await;
         return Ok(());
     }
     let lease = LeaseConfig {
@@ -120,47 +208,51 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     };
     // Ready while waiting once the CRD answers: a standby replica is healthy, it just does not
     // reconcile (its caches sync when it leads).
-    crd_answers(&client, args.namespace.as_deref()).await;
+    tokio::select! {
+        () = crd_answers(&client, &scopes) => {}
+        () = &mut stop => return Ok(()),
+    }
     state.ready.store(true, Ordering::Relaxed);
     let leadership = tokio::select! {
-        held = leader::acquire(client, &lease) => held?,
+        held = leader::acquire(client.clone(), &lease) => held?,
         () = &mut stop => return Ok(()),
     };
     tracing::info!(lease = %lease.name, identity = %lease.identity, "leadership acquired");
-    let (lost_tx, mut lost_rx) = tokio::sync::oneshot::channel::<()>();
-    let lost = leadership.lost();
-    let end = async move {
-        tokio::select! {
-            () = stop => {}
-            () = lost => { let _ = lost_tx.send(()); }
-        }
-    };
-    controller::run(ctx, writers, args.namespace, end).await;
-    let was_lost = lost_rx.try_recv().is_ok();
-    leadership.release().await;
-    if was_lost {
-        // Exit non-zero so the pod restarts and campaigns again from a clean state.
-        return Err("leadership lost".into());
-    }
-    Ok(())
-}
-
-/// Returns once GracefulServices can be listed (the CRD is installed and readable), retrying
-/// every 5 s with a warning.
-async fn crd_answers(client: &kube::Client, namespace: Option<&str>) {
-    let api: kube::Api<graceful_operator::GracefulService> = match namespace {
-        Some(ns) => kube::Api::namespaced(client.clone(), ns),
-        None => kube::Api::all(client.clone()),
-    };
-    loop {
-        match api.list(&kube::api::ListParams::default().limit(1)).await {
-            Ok(_) => return,
-            Err(error) => {
-                tracing::warn!(%error, "cannot list GracefulServices (is the CRD installed?); not ready")
+    let lost = leadership.lost().boxed().shared();
+    let end = {
+        let lost = lost.clone();
+        async move {
+            tokio::select! {
+                () = stop => {}
+                () = lost => {}
             }
         }
-        tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+        .boxed()
+        .shared()
+    };
+    // After a loss the controller gets STOP_GRACE to finish, then the process ends anyway: its
+    // writes must stop before the lease can expire for the standby (leader.rs).
+    let stopped_in_time = tokio::select! {
+        () = run_controllers(&client, &metrics, scopes, end, &state) => true,
+        () = async {
+            lost.clone().await;
+            tokio::time::sleep(leader::STOP_GRACE).await;
+        } => false,
+    };
+    let was_lost = lost.peek().is_some();
+    // The lease task releases the lock only once every receiver is gone, including the ones
+    // inside `lost` (found by two_replicas_with_leader_election_fail_over).
+    drop(lost);
+    if !was_lost {
+        leadership.release().await;
+        return Ok(());
     }
+    leadership.abandon();
+    if !stopped_in_time {
+        tracing::error!(grace = ?leader::STOP_GRACE, "controller still busy after the lease was lost; exiting without waiting");
+    }
+    // Exit non-zero so the pod restarts and campaigns again from a clean state.
+    Err("leadership lost".into())
 }
 
 /// Resolves on SIGTERM or SIGINT.
@@ -178,4 +270,44 @@ async fn shutdown_signal() {
         () = term => {}
     }
     tracing::info!("shutdown signal received");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn namespaces_are_comma_separated_or_repeated() {
+        let args = Args::try_parse_from(["op", "--namespace", "a,b", "--namespace", "c"]).unwrap();
+        assert_eq!(args.namespaces, ["a", "b", "c"]);
+        let scopes = scopes(args.namespaces).unwrap();
+        assert_eq!(
+            scopes,
+            [Some("a".into()), Some("b".into()), Some("c".into())]
+        );
+        let all = Args::try_parse_from(["op"]).unwrap();
+        assert_eq!(scopes_of(all), [None]);
+    }
+
+    fn scopes_of(args: Args) -> Vec<Option<String>> {
+        scopes(args.namespaces).unwrap()
+    }
+
+    // Bad input is refused with a message naming it.
+    #[test]
+    fn a_bad_or_repeated_namespace_is_refused() {
+        for bad in ["A", "a_b", "-a", "a-", "", &"x".repeat(64)] {
+            let flag = format!("--namespace={bad}");
+            let error = Args::try_parse_from(["op", flag.as_str()]).unwrap_err();
+            assert!(
+                error.to_string().contains("not a namespace name"),
+                "{bad}: {error}"
+            );
+        }
+        let twice = Args::try_parse_from(["op", "--namespace", "a,a"]).unwrap();
+        assert_eq!(
+            scopes(twice.namespaces).unwrap_err(),
+            "namespace `a` is given twice"
+        );
+    }
 }

@@ -114,9 +114,14 @@ pub async fn start(
         ("client-ca-file", &path(&pki.ca_cert)),
         ("service-cluster-ip-range", &plan.service_cidr),
         // The kubelets: Node authorization with NodeRestriction, and the API server's client
-        // certificate towards them (logs, exec, port-forward).
+        // certificate towards them (logs, exec, port-forward). OwnerReferencesPermissionEnforcement
+        // runs as on OpenShift: setting `blockOwnerDeletion` on a child needs `update` on the
+        // owner's `finalizers` subresource, so the operator's RBAC is proven where it is strictest.
         ("authorization-mode", "Node,RBAC"),
-        ("enable-admission-plugins", "NodeRestriction"),
+        (
+            "enable-admission-plugins",
+            "NodeRestriction,OwnerReferencesPermissionEnforcement",
+        ),
         (
             "kubelet-client-certificate",
             &path(&pki.apiserver_kubelet_client.cert),

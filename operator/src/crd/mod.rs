@@ -23,6 +23,10 @@ pub const DEFAULT_IMAGE: &str = "ghcr.io/graceful-dev/graceful-app:0.1.0";
 #[kube(
     group = "graceful.dev",
     version = "v1alpha1",
+    // The storage version, said explicitly: a second version (v1beta1) will be added with
+    // storage = false first (docs/api-versions.md).
+    storage = true,
+    served = true,
     kind = "GracefulService",
     plural = "gracefulservices",
     shortname = "gsvc",
