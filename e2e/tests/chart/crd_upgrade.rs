@@ -80,6 +80,7 @@ fn scratch(tb: &testbed::Testbed, name: &str) -> anyhow::Result<PathBuf> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn helm_upgrade_upgrades_the_crd_and_uninstall_keeps_it() -> anyhow::Result<()> {
+    testbed::skip_without_cluster!();
     let _one = ONE_RELEASE.lock().await;
     let tb = testbed::shared()?;
     let client = tb.client().await?;
@@ -130,6 +131,7 @@ async fn helm_upgrade_upgrades_the_crd_and_uninstall_keeps_it() -> anyhow::Resul
 /// The twin: a chart with the CRD in `crds/` (the old layout), upgraded to the new field.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twin_a_crd_in_the_crds_folder_is_never_upgraded() -> anyhow::Result<()> {
+    testbed::skip_without_cluster!();
     let tb = testbed::shared()?;
     let client = tb.client().await?;
     let ns = testbed::fixture::unique_name("graceful-crd-twin");

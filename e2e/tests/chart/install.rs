@@ -25,6 +25,7 @@ use graceful_operator::GracefulService;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn helm_install_runs_the_operator_with_its_own_least_privilege_account() -> anyhow::Result<()>
 {
+    testbed::skip_without_cluster!();
     let _one = ONE_RELEASE.lock().await;
     let tb = testbed::shared()?;
     let client = tb.client().await?;

@@ -24,6 +24,7 @@ fn strs(args: &[String]) -> Vec<&str> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn namespaced_install_reconciles_only_its_namespaces_with_roles_only() -> anyhow::Result<()> {
+    testbed::skip_without_cluster!();
     let _one = ONE_RELEASE.lock().await;
     let tb = testbed::shared()?;
     let client = tb.client().await?;

@@ -30,6 +30,7 @@ fn rendered_rbac(tb: &testbed::Testbed, args: &[&str]) -> anyhow::Result<String>
 
 #[test]
 fn chart_lints_and_renders_least_privilege_hardened_manifests() -> anyhow::Result<()> {
+    testbed::skip_without_cluster!();
     let tb = testbed::shared()?;
     let mut lint = tb.helm();
     lint.args(["lint", "--strict"]).arg(chart());

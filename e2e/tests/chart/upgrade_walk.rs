@@ -25,6 +25,7 @@ const UPGRADE_AT: i32 = 14;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn helm_upgrade_mid_scale_down_keeps_one_writer_and_every_step_once() -> anyhow::Result<()> {
+    testbed::skip_without_cluster!();
     let _one = ONE_RELEASE.lock().await;
     let tb = testbed::shared()?;
     let client = tb.client().await?;

@@ -45,6 +45,7 @@ fn holds(holder: &str, operator: &Operator) -> bool {
 
 #[tokio::test]
 async fn leader_sigkilled_mid_scale_down_standby_takes_over() -> Result<()> {
+    testbed::skip_without_cluster!();
     let _shared = API_RESTART.read().await;
     let s = setup("fault-leader").await?;
     let args = ["--leader-election", "on", "--lease-namespace", &s.ns];
@@ -143,6 +144,7 @@ fn through(path: &std::path::Path, addr: std::net::SocketAddr) -> Result<std::pa
 
 #[tokio::test]
 async fn leader_cut_off_from_the_api_stops_before_the_standby_takes_over() -> Result<()> {
+    testbed::skip_without_cluster!();
     let _shared = API_RESTART.read().await;
     let s = setup("fault-leader-cut").await?;
     // Two users bound to operator/rbac.yaml only, so the audit log tells the two processes apart.
