@@ -128,10 +128,11 @@ pub fn decide(
 
     let spec = &gsvc.spec;
     let live = observed.deployment.as_ref();
+    let deployment_owner = owner.as_recorded_in(live.map(|d| &d.metadata));
     let hold =
         planner::replicas_to_hold(spec.replicas, live.and_then(|d| d.spec.as_ref()?.replicas));
     let mut view = live.map(deployment_view).unwrap_or_default();
-    let held = deployment::build(&owner, spec, hold, &view.clock);
+    let held = deployment::build(&deployment_owner, spec, hold, &view.clock);
     view.spec_changing = drift::differs(&held.spec, live.map(|d| &d.spec));
     view.spec_replicas = hold;
     let observation = Observation {
@@ -147,7 +148,7 @@ pub fn decide(
         },
     };
     let decision = planner::plan(&observation);
-    let wanted = deployment::build(&owner, spec, decision.replicas, &decision.clock);
+    let wanted = deployment::build(&deployment_owner, spec, decision.replicas, &decision.clock);
 
     let mut plan = Plan {
         requeue_after: decision.requeue_after,
@@ -171,12 +172,12 @@ pub fn decide(
         }
         None => plan.applies.deployment = needed(memory, wanted, live),
     }
-    plan.applies.service = needed(
-        memory,
-        service::build(&owner, spec),
-        observed.service.as_ref(),
-    );
-    plan.applies.budget = needed(memory, pdb::build(&owner), observed.budget.as_ref());
+    let service = observed.service.as_ref();
+    let service_owner = owner.as_recorded_in(service.map(|s| &s.metadata));
+    plan.applies.service = needed(memory, service::build(&service_owner, spec), service);
+    let budget = observed.budget.as_ref();
+    let budget_owner = owner.as_recorded_in(budget.map(|b| &b.metadata));
+    plan.applies.budget = needed(memory, pdb::build(&budget_owner), budget);
 
     let previous = gsvc.status.as_ref();
     if let Some((reason, message)) = &decision.degraded

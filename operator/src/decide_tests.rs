@@ -223,3 +223,28 @@ fn an_invalid_spec_is_refused_before_anything_is_read_into_a_write() {
     assert!(plan.step.is_none() && plan.applies.deployment.is_none());
     assert_eq!(plan.requeue_after, REFUSED_REQUEUE);
 }
+
+#[test]
+fn new_children_block_owner_deletion_and_existing_ones_keep_their_reference() {
+    let g = gsvc(3);
+    let plan = decide(&g, &Observed::default(), &LastApplied::default(), now()).unwrap();
+    let refs = plan
+        .applies
+        .service
+        .unwrap()
+        .metadata
+        .owner_references
+        .unwrap();
+    assert_eq!(refs[0].block_owner_deletion, Some(true));
+    // A Service created by an earlier version, our reference without blockOwnerDeletion: the
+    // Service applied (once, by a process that has not applied it yet) keeps the reference so.
+    let owner = Owner::of(&g).unwrap();
+    let mut earlier = owner.clone();
+    earlier.reference.block_owner_deletion = None;
+    let mut world = settled_world(&g, 3);
+    world.service = Some(service::build(&earlier, &g.spec));
+    let plan = decide(&g, &world, &LastApplied::default(), now()).unwrap();
+    let applied = plan.applies.service.expect("applied once by a new process");
+    let refs = applied.metadata.owner_references.unwrap();
+    assert_eq!(refs[0].block_owner_deletion, None);
+}

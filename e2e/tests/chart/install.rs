@@ -97,10 +97,10 @@ async fn install_and_check(
                 && refs[0].controller == Some(true),
             "{kind} hello is not owned by its GracefulService: {refs:?}"
         );
-        // Reported, not asserted: the owner reference is built in manifests/mod.rs (kube's
-        // controller_owner_ref leaves blockOwnerDeletion unset); see the twin below for what
-        // the RBAC allows once it is set.
-        eprintln!(
+        // Created by the Helm-installed operator under OwnerReferencesPermissionEnforcement:
+        // blockOwnerDeletion is set and was allowed (the finalizers rule; twin below).
+        ensure!(
+            refs[0].block_owner_deletion == Some(true),
             "{kind} hello: blockOwnerDeletion {:?}",
             refs[0].block_owner_deletion
         );

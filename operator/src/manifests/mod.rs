@@ -37,14 +37,32 @@ impl Owner {
             .namespace
             .clone()
             .ok_or(Error::MissingField("metadata.namespace"))?;
-        let reference = gsvc
+        let mut reference = gsvc
             .controller_owner_ref(&())
             .ok_or(Error::MissingField("metadata.uid"))?;
+        // Foreground deletion of the GracefulService waits for its children. Setting it needs
+        // `update` on gracefulservices/finalizers where OwnerReferencesPermissionEnforcement runs.
+        reference.block_owner_deletion = Some(true);
         Ok(Self {
             name,
             namespace,
             reference,
         })
+    }
+
+    /// This owner with the reference exactly as `live` (a child it controls) already records it.
+    /// A child created before the operator set `blockOwnerDeletion` keeps its reference as it is:
+    /// changing an owner reference needs `delete` on the child where
+    /// OwnerReferencesPermissionEnforcement runs, which the operator does not have.
+    pub fn as_recorded_in(&self, live: Option<&ObjectMeta>) -> Self {
+        let recorded = live
+            .and_then(|meta| meta.owner_references.as_ref())
+            .and_then(|refs| refs.iter().find(|r| r.uid == self.reference.uid));
+        let mut owner = self.clone();
+        if let Some(recorded) = recorded {
+            owner.reference.block_owner_deletion = recorded.block_owner_deletion;
+        }
+        owner
     }
 
     /// Metadata every child gets: same name, namespace, common labels, owner reference.
