@@ -261,9 +261,10 @@ async fn finalizers_rule_is_needed(
         "refused after the rule was restored: {restored:?}"
     );
 
-    // What an operator upgrade that starts setting blockOwnerDeletion on children created
-    // without it meets: changing the owner references of an existing object needs `delete` on
-    // it, which the operator does not have. Checked so the condition stays visible.
+    // Why the operator keeps an existing child's owner reference exactly as recorded
+    // (Owner::as_recorded_in; children of an earlier version lack blockOwnerDeletion): changing
+    // the owner references of an existing object needs `delete` on it, which the operator does
+    // not have. Shown by flipping the flag on the Service the operator created with it.
     let services: Api<Service> = Api::namespaced(sa.clone(), app_ns);
     let mut refs = Api::<Service>::namespaced(client.clone(), app_ns)
         .get("hello")
@@ -272,13 +273,13 @@ async fn finalizers_rule_is_needed(
         .owner_references
         .unwrap_or_default();
     refs.iter_mut()
-        .for_each(|r| r.block_owner_deletion = Some(true));
+        .for_each(|r| r.block_owner_deletion = Some(false));
     let patch = serde_json::json!({ "metadata": { "ownerReferences": refs } });
     let changed = services
         .patch("hello", &PatchParams::default(), &Patch::Merge(&patch))
         .await;
     eprintln!(
-        "setting blockOwnerDeletion on the existing Service hello as the operator: {:?}",
+        "changing blockOwnerDeletion on the existing Service hello as the operator: {:?}",
         changed
             .as_ref()
             .map(|_| "allowed")
