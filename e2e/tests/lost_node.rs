@@ -2,10 +2,11 @@
 //! binary's own (the node does not come back). What the operator does is recorded and printed
 //! (the walk, the GracefulService's phase and conditions, the node's and the pods' state, the
 //! load's errors). Asserted: the walk ends at 1 within the bound although pods stay behind on
-//! the lost node (a pod past its deletion time no longer holds a walk, and the lost node's pods,
-//! unready once the node is, are removed as unready surplus), the GracefulService reports the
-//! pods left behind by name, and the load loses nothing. Before, the walk held at 5 for as long
-//! as the node was gone.
+//! the lost node: its pods are marked not ready by the node-lifecycle controller (which the walk
+//! waits for: they may come back), evicted by taint eviction 30 s later (the testbed's
+//! toleration), and a pod past its deletion time no longer holds a walk; the GracefulService
+//! reports the pods left behind by name, and the load loses nothing. Before, the walk held at 5
+//! for as long as the node was gone.
 //!
 //!     cargo build --workspace --bins && cargo test -p e2e --test lost_node -- --nocapture
 

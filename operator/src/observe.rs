@@ -129,12 +129,20 @@ pub fn pod_view(pod: &Pod) -> PodView {
         Some(c) => c.last_transition_time.as_ref().map(|t| t.0),
         None => pod.metadata.creation_timestamp.as_ref().map(|t| t.0),
     };
+    // The kubelet gives a Ready=False condition a reason (ContainersNotReady, PodCompleted); the
+    // node-lifecycle controller flips a Ready=True condition to False and leaves its reason, which
+    // the kubelet never sets for True, empty.
+    let unready_by_itself = match condition("Ready") {
+        None => true,
+        Some(c) => c.reason.as_deref().is_some_and(|r| !r.is_empty()),
+    };
     PodView {
         name: pod.metadata.name.clone().unwrap_or_default(),
         node: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
         deleting_at: pod.metadata.deletion_timestamp.as_ref().map(|t| t.0),
         ready,
         unready_since: (!ready).then_some(unready_since).flatten(),
+        unready_by_itself: !ready && unready_by_itself,
         why: if ready {
             String::new()
         } else {

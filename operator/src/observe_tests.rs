@@ -67,10 +67,16 @@ fn a_ready_pod_has_no_unready_time() {
 #[test]
 fn a_crash_looping_pod_says_so_and_since_when() {
     let v = pod_view(&pod(
-        vec![condition("Ready", "False", "2026-12-02T10:01:00Z", None)],
+        vec![condition(
+            "Ready",
+            "False",
+            "2026-12-02T10:01:00Z",
+            Some("ContainersNotReady"),
+        )],
         Some("CrashLoopBackOff"),
     ));
     assert!(!v.ready);
+    assert!(v.unready_by_itself);
     assert_eq!(v.unready_since, Some(at("2026-12-02T10:01:00Z")));
     assert_eq!(v.why, "CrashLoopBackOff");
 }
@@ -90,8 +96,19 @@ fn an_unschedulable_pod_is_unready_since_its_creation() {
         s.phase = Some("Pending".into());
     }
     let v = pod_view(&p);
+    assert!(v.unready_by_itself);
     assert_eq!(v.unready_since, Some(at("2026-12-02T10:00:00Z")));
     assert_eq!(v.why, "Pending: Unschedulable");
+}
+
+#[test]
+fn a_pod_the_node_controller_marked_unready_is_not_unready_by_itself() {
+    let v = pod_view(&pod(
+        vec![condition("Ready", "False", "2026-12-02T10:01:00Z", None)],
+        None,
+    ));
+    assert!(!v.ready);
+    assert!(!v.unready_by_itself);
 }
 
 #[test]

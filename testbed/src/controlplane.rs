@@ -122,6 +122,11 @@ pub async fn start(
             "enable-admission-plugins",
             "NodeRestriction,OwnerReferencesPermissionEnforcement",
         ),
+        // Pods on a node that stops reporting are evicted 30 s after the node is marked
+        // NotReady or unreachable (the default is 300 s), a setting many clusters shorten; the
+        // lost-node proof relies on it to see the walk go on past such pods.
+        ("default-not-ready-toleration-seconds", "30"),
+        ("default-unreachable-toleration-seconds", "30"),
         (
             "kubelet-client-certificate",
             &path(&pki.apiserver_kubelet_client.cert),

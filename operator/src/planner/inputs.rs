@@ -60,6 +60,11 @@ pub struct PodView {
     pub ready: bool,
     /// Since when it has not been ready (the Ready condition's last transition, else creation).
     pub unready_since: Option<Timestamp>,
+    /// Its unreadiness comes from its own state: not scheduled or started yet, or its kubelet
+    /// reports its containers not ready. False when only the node-lifecycle controller marked it
+    /// not ready (its node stopped reporting): such a pod may be serving as before and comes
+    /// back when the node does; Kubernetes' taint eviction decides when it is given up.
+    pub unready_by_itself: bool,
     /// Why it is not ready, in words (phase, scheduling or container state).
     pub why: String,
 }

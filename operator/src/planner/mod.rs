@@ -22,9 +22,12 @@ use crate::crd::Phase;
 mod inputs;
 pub use inputs::{DeploymentObservation, Observation, PodView, StepClock, StepPolicy};
 
-/// How long a surplus pod must have been unready before a walk removes it without waiting: long
-/// enough that a probe blip (a kubelet restart re-probing) is not mistaken for a dead pod.
-pub const UNREADY_GRACE: Duration = Duration::from_secs(10);
+/// How long a surplus pod must have been unready by its own state before a walk removes it
+/// without waiting. Pods that only the node-lifecycle controller marked not ready never count
+/// ([`PodView::unready_by_itself`]): after a kube-apiserver restart of 8 s it marked a node's pods
+/// not ready until their kubelet set them ready again, up to tens of seconds later, and a walk
+/// counting them removed four healthy pods in one step (`e2e/tests/faults`).
+pub const UNREADY_GRACE: Duration = Duration::from_secs(30);
 /// How long past its deletion time a terminating pod may linger before it stops holding a walk:
 /// the kubelet kills it at that time, so a pod still listed later is on a node that is gone.
 pub const OVERDUE_GRACE: Duration = Duration::from_secs(5);
@@ -153,10 +156,12 @@ pub fn overdue(pod: &PodView, now: Timestamp) -> bool {
         .is_some_and(|at| now > at && elapsed_since(now, at) >= OVERDUE_GRACE)
 }
 
-/// A pod that is not terminating and has been unready for at least [`UNREADY_GRACE`].
+/// A pod that is not terminating and has been unready, by its own state, for at least
+/// [`UNREADY_GRACE`].
 fn dead(pod: &PodView, now: Timestamp) -> bool {
     pod.deleting_at.is_none()
         && !pod.ready
+        && pod.unready_by_itself
         && pod
             .unready_since
             .is_some_and(|since| elapsed_since(now, since) >= UNREADY_GRACE)

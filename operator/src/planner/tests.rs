@@ -56,6 +56,7 @@ fn observation(desired: i32, at: i32) -> Observation {
 fn with_unready(mut o: Observation, i: usize, ago: i64, why: &str) -> Observation {
     o.pods[i].ready = false;
     o.pods[i].unready_since = Some(o.now - secs(ago));
+    o.pods[i].unready_by_itself = true;
     o.pods[i].why = why.into();
     o.deployment.ready_replicas -= 1;
     o.deployment.available_replicas -= 1;
@@ -210,7 +211,7 @@ fn overdue_step_reports_degraded_and_keeps_holding() {
 
 #[test]
 fn unready_surplus_is_removed_at_once() {
-    let o = with_unready(observation(1, 10), 4, 11, "CrashLoopBackOff");
+    let o = with_unready(observation(1, 10), 4, 31, "CrashLoopBackOff");
     let o = with_unready(o, 7, 60, "Pending (Unschedulable)");
     let d = plan(&o);
     assert_eq!(
@@ -223,15 +224,28 @@ fn unready_surplus_is_removed_at_once() {
     );
     assert_eq!(d.clock.last_step, Some(t0()));
     // Never below the target, whatever is unready.
-    let o = with_unready(observation(9, 10), 4, 11, "CrashLoopBackOff");
+    let o = with_unready(observation(9, 10), 4, 31, "CrashLoopBackOff");
     let o = with_unready(o, 7, 60, "CrashLoopBackOff");
     assert_eq!(plan(&o).step.map(|s| s.to), Some(9));
     // Not during a rollout, and not at the target.
-    let mut o = with_unready(observation(1, 10), 4, 11, "CrashLoopBackOff");
+    let mut o = with_unready(observation(1, 10), 4, 31, "CrashLoopBackOff");
     o.deployment.updated_replicas = 5;
     assert_eq!(plan(&o).step, None);
-    let o = with_unready(observation(10, 10), 4, 11, "CrashLoopBackOff");
+    let o = with_unready(observation(10, 10), 4, 31, "CrashLoopBackOff");
     assert_eq!(plan(&o).step, None);
+}
+
+#[test]
+fn a_pod_only_the_node_controller_marked_unready_is_waited_for_not_removed() {
+    let mut o = with_unready(observation(1, 10), 4, 300, "Running, not ready");
+    o.pods[4].unready_by_itself = false;
+    let d = plan(&o);
+    assert_eq!(d.step, None);
+    assert!(
+        matches!(d.wait, Some(Wait::NotReady { .. })),
+        "{:?}",
+        d.wait
+    );
 }
 
 #[test]
@@ -336,7 +350,7 @@ proptest! {
     #[test]
     fn never_steps_unless_settled(
         desired in 0i32..30, at in 1i32..30, terminating_for in proptest::option::of(-4i64..30),
-        lag in -2i32..3, unobserved: bool, unready_for in proptest::option::of(0i64..9),
+        lag in -2i32..3, unobserved: bool, unready_for in proptest::option::of(0i64..29),
     ) {
         let mut o = observation(desired, at);
         if let Some(left) = terminating_for {
@@ -360,7 +374,7 @@ proptest! {
 
     #[test]
     fn never_removes_more_than_the_dead_pods_unless_settled(
-        desired in 0i32..10, at in 1i32..20, dead in 1usize..5, ago in 10i64..100,
+        desired in 0i32..10, at in 1i32..20, dead in 1usize..5, ago in 30i64..100,
     ) {
         let mut o = observation(desired, at);
         let dead = dead.min(o.pods.len());
