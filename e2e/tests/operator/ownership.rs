@@ -67,18 +67,7 @@ async fn a_service_of_someone_else_survives_a_gracefulservice_of_its_name() -> R
     assert_eq!(after.metadata.owner_references, None);
     let deployments: Api<Deployment> = Api::namespaced(s.client.clone(), &s.ns);
     assert!(deployments.get_opt("web").await?.is_none());
-    let mut events = s.tb.kubectl();
-    events.args([
-        "get",
-        "events",
-        "-n",
-        &s.ns,
-        "--field-selector",
-        "reason=ChildConflict",
-        "-o",
-        "jsonpath={.items[*].message}",
-    ]);
-    let notes = run(events)?;
+    let notes = event_messages(s.tb, &s.ns, "ChildConflict")?.join("\n");
     assert!(
         notes.contains("someone-else"),
         "no ChildConflict event: {notes}"

@@ -100,19 +100,8 @@ async fn operator_needs_only_the_documented_rbac() -> Result<()> {
         .patch("web", &PatchParams::default(), &Patch::Merge(&patch))
         .await?;
     wait_stable(&s.client, &s.ns, "web", 1).await?;
-    let mut events = s.tb.kubectl();
-    events.args([
-        "get",
-        "events",
-        "-n",
-        &s.ns,
-        "--field-selector",
-        "reason=ScaleDownStep",
-        "-o",
-        "name",
-    ]);
     assert_eq!(
-        run(events)?.lines().count(),
+        event_messages(s.tb, &s.ns, "ScaleDownStep")?.len(),
         2,
         "one Event per step (3->2, 2->1)"
     );
@@ -160,18 +149,10 @@ async fn spec_the_schema_cannot_check_is_reported_without_hot_loop() -> Result<(
     let deployments: Api<Deployment> = Api::namespaced(s.client.clone(), &s.ns);
     assert!(deployments.get_opt("web").await?.is_none());
     // A Warning Event says why.
-    let mut events = s.tb.kubectl();
-    events.args([
-        "get",
-        "events",
-        "-n",
-        &s.ns,
-        "--field-selector",
-        "reason=InvalidSpec",
-        "-o",
-        "name",
-    ]);
-    assert!(!run(events)?.trim().is_empty(), "no InvalidSpec event");
+    assert!(
+        !event_messages(s.tb, &s.ns, "InvalidSpec")?.is_empty(),
+        "no InvalidSpec event"
+    );
     // No hot loop: over 5 s the refused spec is not reconciled again and again.
     let before = operator
         .metric("graceful_operator_reconciles_total")

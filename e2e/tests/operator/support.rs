@@ -132,6 +132,17 @@ impl Drop for Operator {
     }
 }
 
+/// The messages of the core/v1 Events of `ns` with `reason`, one per line (`kubectl get events`,
+/// as a user would look).
+#[allow(dead_code)] // not every binary that includes this file looks at Events
+pub fn event_messages(tb: &Testbed, ns: &str, reason: &str) -> Result<Vec<String>> {
+    let mut events = tb.kubectl();
+    events.args(["get", "events", "-n", ns, "--field-selector"]);
+    events.arg(format!("reason={reason}"));
+    events.args(["-o", "jsonpath={range .items[*]}{.message}{\"\\n\"}{end}"]);
+    Ok(run(events)?.lines().map(str::to_string).collect())
+}
+
 /// Runs a command, failing with its stderr when it fails.
 pub fn run(mut command: Command) -> Result<String> {
     let out = command.output()?;
