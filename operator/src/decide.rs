@@ -14,10 +14,10 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::jiff::Timestamp;
 use kube::Resource;
 
-use crate::crd::{GracefulService, GracefulServiceStatus};
+use crate::crd::{GracefulService, GracefulServiceStatus, ShutdownMode};
 use crate::drift::{self, LastApplied, child_key};
 use crate::error::Error;
-use crate::manifests::{Owner, deployment, pdb, service};
+use crate::manifests::{Owner, deployment, pdb, pod, service};
 use crate::observe::{Observed, deployment_view, pod_view, ready_pods};
 use crate::planner::{self, Observation, Step, StepKind, StepPolicy};
 use crate::status::{self, Refusal};
@@ -132,7 +132,8 @@ pub fn decide(
     let hold =
         planner::replicas_to_hold(spec.replicas, live.and_then(|d| d.spec.as_ref()?.replicas));
     let mut view = live.map(deployment_view).unwrap_or_default();
-    let held = deployment::build(&deployment_owner, spec, hold, &view.clock);
+    let token = pod::recorded_token(live).unwrap_or_else(|| observed.new_token.clone());
+    let held = deployment::build(&deployment_owner, spec, hold, &view.clock, &token)?;
     view.spec_changing = drift::differs(&held.spec, live.map(|d| &d.spec));
     view.spec_replicas = hold;
     let observation = Observation {
@@ -148,7 +149,13 @@ pub fn decide(
         },
     };
     let decision = planner::plan(&observation);
-    let wanted = deployment::build(&deployment_owner, spec, decision.replicas, &decision.clock);
+    let wanted = deployment::build(
+        &deployment_owner,
+        spec,
+        decision.replicas,
+        &decision.clock,
+        &token,
+    )?;
 
     let mut plan = Plan {
         requeue_after: decision.requeue_after,
@@ -161,8 +168,11 @@ pub fn decide(
                 step,
                 deployment: wanted,
                 resource_version: live.and_then(|d| d.metadata.resource_version.clone()),
-                mark: match (step.kind, spec.scale_down.prefer_idle_pods) {
-                    (StepKind::Drain, true) => usize::try_from(step.from - step.to).unwrap_or(0),
+                // Only an app with the admin contract reports its requests in flight.
+                mark: match (step.kind, spec.scale_down.prefer_idle_pods, spec.shutdown.mode) {
+                    (StepKind::Drain, true, ShutdownMode::Admin) => {
+                        usize::try_from(step.from - step.to).unwrap_or(0)
+                    }
                     _ => 0,
                 },
                 admin_port: spec.ports.admin,

@@ -27,7 +27,7 @@ fn now() -> Timestamp {
 /// The Deployment as the operator would have left it at `at`, settled, with its status.
 fn settled_deployment(g: &GracefulService, at: i32) -> Deployment {
     let owner = Owner::of(g).unwrap();
-    let mut d = deployment::build(&owner, &g.spec, at, &Default::default());
+    let mut d = deployment::build(&owner, &g.spec, at, &Default::default(), "token").unwrap();
     d.metadata.generation = Some(2);
     d.metadata.resource_version = Some("41".into());
     d.status = Some(DeploymentStatus {
@@ -69,6 +69,7 @@ fn settled_world(g: &GracefulService, at: i32) -> Observed {
         budget: Some(pdb::build(&owner)),
         pods: Vec::new(),
         slices: ready_slices(at),
+        new_token: String::new(),
     }
 }
 

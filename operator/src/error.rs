@@ -12,6 +12,9 @@ pub enum Error {
     /// The object lacks a field every stored object has (e.g. namespace).
     #[error("object has no {0}")]
     MissingField(&'static str),
+    /// The operating system gave no random bytes for a preStop token.
+    #[error("no randomness for a preStop token: {0}")]
+    Entropy(String),
 }
 
 impl Error {
@@ -21,6 +24,7 @@ impl Error {
             Error::Kube(_) => "kube",
             Error::Serialize(_) => "serialize",
             Error::MissingField(_) => "missing_field",
+            Error::Entropy(_) => "entropy",
         }
     }
 

@@ -73,7 +73,7 @@ pub fn walking_deployment(g: &GracefulService, at: i32, version: &str) -> Deploy
         walk_started: Some(now - k8s_openapi::jiff::SignedDuration::from_secs(120)),
         last_step: Some(now - k8s_openapi::jiff::SignedDuration::from_secs(60)),
     };
-    let mut d = deployment::build(&owner(), &g.spec, at, &clock);
+    let mut d = deployment::build(&owner(), &g.spec, at, &clock, "token").unwrap();
     d.metadata.generation = Some(2);
     d.metadata.resource_version = Some(version.into());
     d.status = Some(DeploymentStatus {

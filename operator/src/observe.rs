@@ -20,7 +20,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client};
 
 use crate::error::Error;
-use crate::manifests::Owner;
+use crate::manifests::{Owner, pod};
 use crate::manifests::deployment::{LAST_STEP, WALK_STARTED};
 use crate::planner::{DeploymentObservation, PodView, StepClock};
 use crate::status;
@@ -41,6 +41,9 @@ pub struct Observed {
     pub pods: Vec<Pod>,
     /// The Service's EndpointSlices.
     pub slices: Vec<EndpointSlice>,
+    /// A fresh random preStop token, drawn only when the Deployment records none (a new token
+    /// would roll every pod); empty otherwise.
+    pub new_token: String,
 }
 
 /// Reads what [`Observed`] holds for `owner`.
@@ -65,13 +68,25 @@ pub async fn observe(
         .list(&ListParams::default().labels(&format!("{SERVICE_NAME_LABEL}={name}")))
         .await?
         .items;
+    let new_token = match pod::recorded_token(deployment.as_ref()) {
+        Some(_) => String::new(),
+        None => random_token()?,
+    };
     Ok(Observed {
         deployment,
         service,
         budget,
         pods,
         slices,
+        new_token,
     })
+}
+
+/// 128 random bits from the operating system, as hex.
+fn random_token() -> Result<String, Error> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).map_err(|e| Error::Entropy(e.to_string()))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 async fn cached_or_get<K>(

@@ -8,7 +8,7 @@
 use std::collections::BTreeSet;
 
 use crate::crd::GracefulServiceSpec;
-use crate::manifests::deployment::RESERVED_ENV;
+use crate::manifests::pod::RESERVED_ENV;
 
 /// Problems found in `spec`, each a sentence; empty when the spec is usable.
 pub fn check(spec: &GracefulServiceSpec) -> Vec<String> {

@@ -1,7 +1,6 @@
 //! Prints the GracefulService CustomResourceDefinition as YAML (written to crds/gracefulservice.yaml).
 
 use clap::Parser;
-use kube::CustomResourceExt;
 
 /// Print the GracefulService CRD as YAML on stdout.
 #[derive(Parser)]
@@ -10,7 +9,8 @@ struct Args {}
 
 fn main() -> std::process::ExitCode {
     let _ = Args::parse();
-    match serde_yaml::to_string(&graceful_operator::GracefulService::crd()) {
+    let crd = graceful_operator::crd::definition().map_err(|e| e.to_string());
+    match crd.and_then(|crd| serde_yaml::to_string(&crd).map_err(|e| e.to_string())) {
         Ok(yaml) => {
             print!("{yaml}");
             std::process::ExitCode::SUCCESS

@@ -76,6 +76,7 @@ impl Default for PathsSpec {
 impl Default for ShutdownSpec {
     fn default() -> Self {
         Self {
+            mode: super::ShutdownMode::default(),
             drain_delay_seconds: drain_delay(),
             max_request_seconds: max_request(),
             termination_grace_period_seconds: grace(),
@@ -118,6 +119,8 @@ impl Default for GracefulServiceSpec {
             shutdown: ShutdownSpec::default(),
             rollout: RolloutSpec::default(),
             scale_down: ScaleDownSpec::default(),
+            probes: None,
+            template: None,
         }
     }
 }

@@ -10,6 +10,12 @@ use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
 mod defaults;
+mod pod;
+
+pub use pod::{
+    APP_CONTAINER, PodSpecOverlay, PodTemplateOverlay, ProbeTiming, ProbesSpec,
+    ReadinessProbeSpec, TemplateMetadata,
+};
 
 /// API group of the resource.
 pub const GROUP: &str = "graceful.dev";
@@ -71,6 +77,7 @@ pub const DEFAULT_IMAGE: &str = "ghcr.io/graceful-dev/graceful-app:0.1.0";
     )
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.resources) || !has(self.template) || !has(self.template.spec) || !has(self.template.spec.containers) || !self.template.spec.containers.exists(c, c.name == 'app' && has(c.resources))").message("set the app container's resources in spec.resources or in template container 'app', not both"))]
 pub struct GracefulServiceSpec {
     /// Number of pods wanted. Scale-up goes straight there; scale-down walks there in settled steps.
     #[serde(default = "defaults::replicas")]
@@ -107,6 +114,13 @@ pub struct GracefulServiceSpec {
     /// How scale-down proceeds.
     #[serde(default)]
     pub scale_down: ScaleDownSpec,
+    /// Timing of the readiness, liveness and startup probes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probes: Option<ProbesSpec>,
+    /// A partial pod template merged over the generated one: service account, security
+    /// context, scheduling, volumes, extra containers, pod labels and annotations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<PodTemplateOverlay>,
 }
 
 /// Ports of the app's two listeners.
@@ -171,11 +185,28 @@ pub struct ServiceSpec {
     pub node_port: Option<i32>,
 }
 
+/// Who carries out the drain protocol inside the pod.
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default,
+)]
+pub enum ShutdownMode {
+    /// The app implements the admin contract (docs/architecture.md): the preStop hook calls its
+    /// admin listener, probes read its admin endpoints, the idlest pod is found from its metrics.
+    #[default]
+    Admin,
+    /// For apps that drain on SIGTERM but have no admin listener: the preStop hook sleeps for the
+    /// drain delay (the kubelet's own sleep action) and the probes check the main port over TCP.
+    Sleep,
+}
+
 /// Timing of a pod's shutdown.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self.terminationGracePeriodSeconds > self.drainDelaySeconds + self.maxRequestSeconds").message("shutdown.terminationGracePeriodSeconds must exceed drainDelaySeconds + maxRequestSeconds"))]
 pub struct ShutdownSpec {
+    /// Who carries out the drain: `Admin` (default, the app's admin listener) or `Sleep`.
+    #[serde(default)]
+    pub mode: ShutdownMode,
     /// How long the preStop hook holds after flipping readiness, so every proxy drops the endpoint first.
     #[serde(default = "defaults::drain_delay")]
     #[schemars(range(min = 0, max = 3600))]
@@ -314,3 +345,54 @@ pub const SELECTOR_KEY: &str = "graceful.dev/service";
 pub const NAME_KEY: &str = "app.kubernetes.io/name";
 /// Label selector matching everything the operator manages.
 pub const MANAGED_SELECTOR: &str = "app.kubernetes.io/managed-by=graceful-operator";
+
+/// Largest CRD, as compact JSON, that client-side `kubectl apply` can apply: it stores the whole
+/// object in the `kubectl.kubernetes.io/last-applied-configuration` annotation, which the API
+/// server caps at 256 KiB for all annotations together.
+pub const MAX_CRD_JSON_BYTES: usize = 256 * 1024;
+
+/// The CustomResourceDefinition as published (crds/ and the chart). The embedded Kubernetes types
+/// under `spec.template` (containers, volumes, affinity ...) carry their upstream descriptions
+/// only at the first level: their nested descriptions alone would take the CRD past
+/// [`MAX_CRD_JSON_BYTES`], the trim controller-gen users know as `maxDescLen=0`. `kubectl explain`
+/// still documents every field of this resource's own types.
+pub fn definition() -> Result<
+    k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+    serde_json::Error,
+> {
+    use kube::CustomResourceExt;
+    let mut crd = serde_json::to_value(GracefulService::crd())?;
+    if let Some(versions) = crd
+        .pointer_mut("/spec/versions")
+        .and_then(|v| v.as_array_mut())
+    {
+        for version in versions {
+            let fields = version.pointer_mut(
+                "/schema/openAPIV3Schema/properties/spec/properties/template/properties/spec/properties",
+            );
+            for field in fields.and_then(|f| f.as_object_mut()).into_iter().flatten() {
+                for (key, child) in field.1.as_object_mut().into_iter().flatten() {
+                    if key != "description" {
+                        drop_descriptions(child);
+                    }
+                }
+            }
+        }
+    }
+    serde_json::from_value(crd)
+}
+
+/// Removes every schema `description` below `schema`. Only a `description` whose value is a
+/// string is a schema's own: a property *named* description (an object) stays.
+fn drop_descriptions(schema: &mut serde_json::Value) {
+    match schema {
+        serde_json::Value::Object(map) => {
+            if map.get("description").is_some_and(|d| d.is_string()) {
+                map.remove("description");
+            }
+            map.values_mut().for_each(drop_descriptions);
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(drop_descriptions),
+        _ => {}
+    }
+}

@@ -4,7 +4,9 @@
 //! leaves out are fields the operator does not own.
 
 pub mod deployment;
+pub mod overlay;
 pub mod pdb;
+pub mod pod;
 pub mod service;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};

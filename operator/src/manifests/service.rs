@@ -4,7 +4,7 @@ use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec as K8sService
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::Owner;
-use super::deployment::MAIN_PORT_NAME;
+use super::pod::MAIN_PORT_NAME;
 use crate::crd::{GracefulServiceSpec, ServiceType, selector_labels};
 
 /// The Service for `spec`.
