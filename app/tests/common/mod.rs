@@ -36,14 +36,32 @@ impl App {
 
     /// Like [`App::start`] with a given `RUST_LOG` (the benchmark runs at `warn`).
     pub fn start_with_log_level(args: &[&str], level: &str) -> anyhow::Result<App> {
+        Self::spawn(Some("127.0.0.1"), args, level)
+    }
+
+    /// Like [`App::start`] with `--bind <bind>`.
+    pub fn start_on(bind: &str, args: &[&str]) -> anyhow::Result<App> {
+        Self::spawn(Some(bind), args, "debug")
+    }
+
+    /// Like [`App::start`] without `--bind`, so the app binds its default address.
+    pub fn start_default_bind(args: &[&str]) -> anyhow::Result<App> {
+        Self::spawn(None, args, "debug")
+    }
+
+    fn spawn(bind: Option<&str>, args: &[&str], level: &str) -> anyhow::Result<App> {
         let log = std::env::temp_dir().join(format!(
             "graceful-app-test-{}-{}.log",
             std::process::id(),
             NEXT_LOG.fetch_add(1, Ordering::SeqCst)
         ));
         let log_file = std::fs::File::create(&log)?;
-        let mut child = Command::new(BIN)
-            .args(["--bind", "127.0.0.1", "--port", "0", "--admin-port", "0"])
+        let mut command = Command::new(BIN);
+        if let Some(bind) = bind {
+            command.args(["--bind", bind]);
+        }
+        let mut child = command
+            .args(["--port", "0", "--admin-port", "0"])
             .args(args)
             .env("RUST_LOG", level)
             .stdin(Stdio::null())
@@ -244,6 +262,37 @@ pub fn get(addr: SocketAddr, path: &str) -> anyhow::Result<RawResponse> {
     let mut stream = connect(addr)?;
     send_get(&mut stream, path, true)?;
     read_response(&mut stream)
+}
+
+/// One request with extra headers on a fresh connection (`Connection: close`).
+pub fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> anyhow::Result<RawResponse> {
+    let mut stream = connect(addr)?;
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n");
+    if method == "POST" {
+        head.push_str("Content-Length: 0\r\n");
+    }
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes())?;
+    stream.flush()?;
+    read_response(&mut stream)
+}
+
+/// The value of one unlabelled metric, read from the admin listener.
+pub fn metric(admin: SocketAddr, name: &str) -> anyhow::Result<f64> {
+    let text = String::from_utf8(get(admin, "/metrics")?.body)?;
+    let value = text
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .with_context(|| format!("no {name} in:\n{text}"))?;
+    Ok(value.trim().parse()?)
 }
 
 /// What the next read on a connection shows.
