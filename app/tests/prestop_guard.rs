@@ -4,15 +4,49 @@
 
 mod common;
 
+use std::io::Write;
+use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::{App, BIN, RawResponse, connect, get, metric, read_response, request, send_get};
+use anyhow::Context;
+use common::{App, BIN, RawResponse, connect, get, read_response, send_get};
 use nix::sys::signal::Signal;
 
 const TOKEN: &str = "s3cret-Token_0f9a";
 const HEADER: &str = "X-Graceful-Prestop-Token";
+
+/// One request with extra headers on a fresh connection (`Connection: close`).
+pub fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> anyhow::Result<RawResponse> {
+    let mut stream = connect(addr)?;
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n");
+    if method == "POST" {
+        head.push_str("Content-Length: 0\r\n");
+    }
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes())?;
+    stream.flush()?;
+    read_response(&mut stream)
+}
+
+/// The value of one unlabelled metric, read from the admin listener.
+pub fn metric(admin: SocketAddr, name: &str) -> anyhow::Result<f64> {
+    let text = String::from_utf8(get(admin, "/metrics")?.body)?;
+    let value = text
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .with_context(|| format!("no {name} in:\n{text}"))?;
+    Ok(value.trim().parse()?)
+}
 
 #[test]
 fn prestop_without_the_token_is_refused_and_changes_nothing() -> anyhow::Result<()> {

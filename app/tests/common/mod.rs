@@ -264,37 +264,6 @@ pub fn get(addr: SocketAddr, path: &str) -> anyhow::Result<RawResponse> {
     read_response(&mut stream)
 }
 
-/// One request with extra headers on a fresh connection (`Connection: close`).
-pub fn request(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-) -> anyhow::Result<RawResponse> {
-    let mut stream = connect(addr)?;
-    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n");
-    if method == "POST" {
-        head.push_str("Content-Length: 0\r\n");
-    }
-    for (name, value) in headers {
-        head.push_str(&format!("{name}: {value}\r\n"));
-    }
-    head.push_str("\r\n");
-    stream.write_all(head.as_bytes())?;
-    stream.flush()?;
-    read_response(&mut stream)
-}
-
-/// The value of one unlabelled metric, read from the admin listener.
-pub fn metric(admin: SocketAddr, name: &str) -> anyhow::Result<f64> {
-    let text = String::from_utf8(get(admin, "/metrics")?.body)?;
-    let value = text
-        .lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
-        .with_context(|| format!("no {name} in:\n{text}"))?;
-    Ok(value.trim().parse()?)
-}
-
 /// What the next read on a connection shows.
 #[derive(Debug, PartialEq, Eq)]
 pub enum ReadEnd {
