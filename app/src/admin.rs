@@ -4,28 +4,51 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use http::header::{CONTENT_TYPE, HeaderValue};
-use http::{Method, Request, StatusCode};
-use tracing::{info, warn};
+use http::{HeaderMap, Method, Request, StatusCode};
+use tracing::{debug, info, warn};
 
+use crate::config::METRICS_PATH;
 use crate::context::{AppContext, HttpResponse};
 use crate::state::Phase;
 
-/// Handles one request on the admin listener.
+/// The admin endpoints, as named by the configured paths.
+enum Route {
+    Prestop,
+    Readiness,
+    Liveness,
+    Metrics,
+}
+
+/// Handles one request on the admin listener: 405 for a wrong method on a known path, 404 for
+/// any other path.
 pub async fn admin_handler<B>(
     ctx: Arc<AppContext>,
     request: Request<B>,
 ) -> Result<HttpResponse, Infallible> {
     let method = request.method();
     let readable = method == Method::GET || method == Method::HEAD;
-    let response = match request.uri().path() {
-        "/prestop" if readable || method == Method::POST => prestop(&ctx).await,
-        "/readyz" if readable => readyz(&ctx),
-        "/livez" if readable => ctx.respond(StatusCode::OK, "ok\n"),
-        "/metrics" if readable => metrics(&ctx),
-        "/prestop" | "/readyz" | "/livez" | "/metrics" => {
-            ctx.respond(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
+    let path = request.uri().path();
+    let admin = &ctx.admin;
+    let route = if path == admin.prestop_path {
+        Some(Route::Prestop)
+    } else if path == admin.readiness_path {
+        Some(Route::Readiness)
+    } else if path == admin.liveness_path {
+        Some(Route::Liveness)
+    } else if path == METRICS_PATH {
+        Some(Route::Metrics)
+    } else {
+        None
+    };
+    let response = match route {
+        Some(Route::Prestop) if readable || method == Method::POST => {
+            prestop(&ctx, request.headers()).await
         }
-        _ => ctx.respond(StatusCode::NOT_FOUND, "not found\n"),
+        Some(Route::Readiness) if readable => readyz(&ctx),
+        Some(Route::Liveness) if readable => ctx.respond(StatusCode::OK, "ok\n"),
+        Some(Route::Metrics) if readable => metrics(&ctx),
+        Some(_) => ctx.respond(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
+        None => ctx.respond(StatusCode::NOT_FOUND, "not found\n"),
     };
     Ok(response)
 }
@@ -33,8 +56,19 @@ pub async fn admin_handler<B>(
 /// Flips readiness to false at once, then holds for the drain delay so that the endpoint can
 /// leave every proxy before the kubelet sends SIGTERM. A SIGTERM during the hold ends it early:
 /// nothing is gained by holding once the process is terminating.
-async fn prestop(ctx: &AppContext) -> HttpResponse {
-    if ctx.lifecycle.advance(Phase::Draining) {
+///
+/// With a token configured, a call without it is refused before anything changes: the pod
+/// stays ready, and the refusal is counted (a rising count means someone is probing). It logs
+/// at debug only: whoever reaches the admin port could otherwise flood the log.
+async fn prestop(ctx: &AppContext, headers: &HeaderMap) -> HttpResponse {
+    if let Some(token) = &ctx.admin.prestop_token
+        && !token.admits(headers)
+    {
+        ctx.metrics.prestop_refused();
+        debug!("preStop refused: missing or wrong X-Graceful-Prestop-Token");
+        return ctx.respond(StatusCode::FORBIDDEN, "forbidden\n");
+    }
+    if ctx.admin.revert.begin() {
         info!(
             drain_delay_ms = ctx.drain_delay.as_millis() as u64,
             "preStop: readiness off, draining"

@@ -6,6 +6,11 @@ use std::time::Duration;
 
 use clap::{CommandFactory, Parser, ValueEnum};
 
+use crate::prestop::PrestopToken;
+
+/// The admin path that is not configurable: scrapers find metrics at the usual place.
+pub const METRICS_PATH: &str = "/metrics";
+
 /// How the process reacts to SIGTERM/SIGINT.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum ShutdownMode {
@@ -30,9 +35,11 @@ pub enum LogFormat {
 #[derive(Clone, Debug, Parser)]
 #[command(name = "graceful-app", version, about)]
 pub struct Config {
-    /// Address both listeners bind to.
-    #[arg(long, env = "GRACEFUL_BIND", default_value = "0.0.0.0")]
-    pub bind: IpAddr,
+    /// Address both listeners bind to. Without it: `::` dual-stack (IPv6 and IPv4 alike, so a
+    /// pod answers whichever family the cluster uses), falling back to `0.0.0.0` on a host
+    /// without IPv6. Given explicitly, exactly that address is bound, or the process fails.
+    #[arg(long, env = "GRACEFUL_BIND")]
+    pub bind: Option<IpAddr>,
 
     /// Port of the main (workload) listener; 0 picks a free port.
     #[arg(long, env = "GRACEFUL_PORT", default_value_t = 8080)]
@@ -54,6 +61,32 @@ pub struct Config {
     /// endpoint can leave every proxy before the kubelet sends SIGTERM.
     #[arg(long, env = "GRACEFUL_DRAIN_DELAY_MS", default_value_t = 5_000)]
     pub drain_delay_ms: u64,
+
+    /// Admin path of the preStop hook (GET or POST). Configurable so that the app can share a
+    /// port layout with an existing convention; the operator sets the same path in the hook.
+    #[arg(long, env = "GRACEFUL_PRESTOP_PATH", default_value = "/prestop")]
+    pub prestop_path: String,
+
+    /// Admin path of the readiness probe.
+    #[arg(long, env = "GRACEFUL_READINESS_PATH", default_value = "/readyz")]
+    pub readiness_path: String,
+
+    /// Admin path of the liveness probe.
+    #[arg(long, env = "GRACEFUL_LIVENESS_PATH", default_value = "/livez")]
+    pub liveness_path: String,
+
+    /// Shared secret for the preStop path: when set, only a request whose
+    /// `X-Graceful-Prestop-Token` header equals it starts a drain; others get 403. Without it,
+    /// any client that reaches the admin port can take the pod out of its Service.
+    #[arg(long, env = "GRACEFUL_PRESTOP_TOKEN", hide_env_values = true)]
+    pub prestop_token: Option<PrestopToken>,
+
+    /// How long a drain started by preStop lasts without a following SIGTERM/SIGINT, in
+    /// milliseconds, counted from the last accepted preStop call; then the pod turns ready again
+    /// (a hook that ran while the kubelet gave up on the kill, or a stray call, must not leave
+    /// the pod out of its Service forever). 0 never reverts. Must exceed the drain delay.
+    #[arg(long, env = "GRACEFUL_PRESTOP_REVERT_MS", default_value_t = 60_000)]
+    pub prestop_revert_ms: u64,
 
     /// Bound on the drain after SIGTERM, in milliseconds; past it the process exits 1. 0 is
     /// accepted (the operator may compute it from a tight grace period) and means no drain.
@@ -131,6 +164,52 @@ impl Config {
                 self.port
             ));
         }
+        self.validate_admin_paths()?;
+        if let Some(token) = &self.prestop_token {
+            // The message never quotes the token: it is a secret even when malformed.
+            token.validate()?;
+        }
+        if self.prestop_revert_ms != 0 && self.prestop_revert_ms <= self.drain_delay_ms {
+            return Err(format!(
+                "--prestop-revert-ms ({}) must exceed --drain-delay-ms ({}), or be 0 to never \
+                 revert: the preStop hold itself lasts the drain delay",
+                self.prestop_revert_ms, self.drain_delay_ms
+            ));
+        }
+        Ok(())
+    }
+
+    /// Each admin path must be one the router can match (absolute, no whitespace, no query or
+    /// fragment), and all must differ, or one endpoint would silently shadow another.
+    fn validate_admin_paths(&self) -> Result<(), String> {
+        let paths = [
+            ("--prestop-path", self.prestop_path.as_str()),
+            ("--readiness-path", self.readiness_path.as_str()),
+            ("--liveness-path", self.liveness_path.as_str()),
+        ];
+        for (flag, path) in paths {
+            if !path.starts_with('/') {
+                return Err(format!("{flag} must start with '/' (got {path:?})"));
+            }
+            if path
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control() || c == '?' || c == '#')
+            {
+                return Err(format!(
+                    "{flag} must not contain whitespace, '?' or '#' (got {path:?})"
+                ));
+            }
+            if path == METRICS_PATH {
+                return Err(format!("{flag} must differ from {METRICS_PATH}"));
+            }
+        }
+        for (i, (flag, path)) in paths.iter().enumerate() {
+            if let Some((other, _)) = paths[i + 1..].iter().find(|(_, p)| p == path) {
+                return Err(format!(
+                    "{flag} and {other} must differ (both are {path:?})"
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -140,6 +219,10 @@ impl Config {
 
     pub fn max_work(&self) -> Duration {
         Duration::from_millis(self.max_work_ms)
+    }
+
+    pub fn prestop_revert(&self) -> Duration {
+        Duration::from_millis(self.prestop_revert_ms)
     }
 
     pub fn drain_delay(&self) -> Duration {
@@ -184,7 +267,69 @@ mod tests {
         assert_eq!(config.shutdown_timeout_ms, 20_000);
         assert_eq!(config.shutdown_mode, ShutdownMode::Graceful);
         assert_eq!(config.log_format, LogFormat::Text);
+        assert_eq!(config.bind, None);
+        assert_eq!(config.prestop_path, "/prestop");
+        assert_eq!(config.readiness_path, "/readyz");
+        assert_eq!(config.liveness_path, "/livez");
+        assert!(config.prestop_token.is_none());
+        assert_eq!(config.prestop_revert_ms, 60_000);
         assert!(config.validate().is_ok());
+    }
+
+    #[test]
+    fn admin_paths_must_be_absolute_clean_and_distinct() {
+        let invalid: &[&[&str]] = &[
+            &["--prestop-path", "prestop"],
+            &["--readiness-path", "/ready z"],
+            &["--liveness-path", "/live\tz"],
+            &["--prestop-path", "/pre?stop"],
+            &["--readiness-path", "/metrics"],
+            &["--prestop-path", "/livez"],
+            &["--readiness-path", "/x", "--liveness-path", "/x"],
+        ];
+        for args in invalid {
+            let config = parse(args).unwrap();
+            assert!(config.validate().is_err(), "{args:?} accepted");
+        }
+        let custom = parse(&[
+            "--prestop-path",
+            "/hooks/pre-stop",
+            "--readiness-path",
+            "/health/ready",
+            "--liveness-path",
+            "/health/live",
+        ])
+        .unwrap();
+        assert!(custom.validate().is_ok());
+    }
+
+    #[test]
+    fn revert_must_outlast_the_drain_delay_unless_disabled() {
+        let short = parse(&["--drain-delay-ms", "5000", "--prestop-revert-ms", "5000"]).unwrap();
+        let message = short.validate().unwrap_err();
+        assert!(message.contains("--prestop-revert-ms"), "{message}");
+        let disabled = parse(&["--drain-delay-ms", "90000", "--prestop-revert-ms", "0"]).unwrap();
+        assert!(disabled.validate().is_ok());
+        let long = parse(&["--drain-delay-ms", "5000", "--prestop-revert-ms", "5001"]).unwrap();
+        assert!(long.validate().is_ok());
+    }
+
+    #[test]
+    fn a_bad_token_is_refused_without_quoting_it() {
+        for token in ["", "has space", "trailing-newline\n", "caf\u{e9}"] {
+            let config = parse(&["--prestop-token", token]).unwrap();
+            let message = config.validate().unwrap_err();
+            assert!(
+                token.is_empty() || !message.contains(token),
+                "token quoted: {message}"
+            );
+        }
+        let good = parse(&["--prestop-token", "s3cr3t-Token_42"]).unwrap();
+        assert!(good.validate().is_ok());
+        assert!(
+            !format!("{good:?}").contains("s3cr3t"),
+            "Debug shows the token"
+        );
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! What every request handler needs, built once at startup and shared by both listeners.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -9,6 +10,7 @@ use http_body_util::Full;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::prestop::{DrainRevert, PrestopToken};
 use crate::state::Lifecycle;
 
 /// The response type of both listeners: small, fully buffered bodies.
@@ -23,20 +25,41 @@ pub struct AppContext {
     pub default_work: Duration,
     pub max_work: Duration,
     pub drain_delay: Duration,
+    /// What only the admin listener needs, behind one `Arc` so that cloning the context per
+    /// connection copies no strings.
+    pub admin: Arc<AdminSettings>,
     /// Body of `GET /`, computed once.
     pub hello_body: Bytes,
+}
+
+/// The admin listener's routes and the preStop guards.
+pub struct AdminSettings {
+    pub prestop_path: String,
+    pub readiness_path: String,
+    pub liveness_path: String,
+    /// `None`: the preStop path is open to any client of the admin port.
+    pub prestop_token: Option<PrestopToken>,
+    pub revert: DrainRevert,
 }
 
 impl AppContext {
     pub fn new(config: &Config, lifecycle: Lifecycle, metrics: Metrics) -> Self {
         // HOSTNAME is the pod name in Kubernetes: it tells a client which replica answered.
         let instance = std::env::var("HOSTNAME").unwrap_or_else(|_| "graceful-app".to_owned());
+        let admin = Arc::new(AdminSettings {
+            prestop_path: config.prestop_path.clone(),
+            readiness_path: config.readiness_path.clone(),
+            liveness_path: config.liveness_path.clone(),
+            prestop_token: config.prestop_token.clone(),
+            revert: DrainRevert::new(lifecycle.clone(), metrics.clone(), config.prestop_revert()),
+        });
         Self {
             lifecycle,
             metrics,
             default_work: config.default_work(),
             max_work: config.max_work(),
             drain_delay: config.drain_delay(),
+            admin,
             hello_body: Bytes::from(format!("hello from {instance}\n")),
         }
     }

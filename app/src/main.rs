@@ -1,12 +1,14 @@
 //! graceful-app: an HTTP app that drains without losing a request. See docs/architecture.md.
 
 mod admin;
+mod bind;
 mod config;
 mod connection;
 mod context;
 mod error;
 mod handlers;
 mod metrics;
+mod prestop;
 mod server;
 mod shutdown;
 mod state;

@@ -35,6 +35,8 @@ pub struct Metrics {
     open_connections: Family<ListenerLabel, Gauge>,
     draining: Gauge,
     ready: Gauge,
+    prestop_refused: Counter,
+    prestop_reverted: Counter,
 }
 
 impl Default for Metrics {
@@ -51,6 +53,8 @@ impl Metrics {
         let open_connections = Family::<ListenerLabel, Gauge>::default();
         let draining = Gauge::default();
         let ready = Gauge::default();
+        let prestop_refused = Counter::default();
+        let prestop_reverted = Counter::default();
         registry.register(
             "requests",
             "Requests answered on the main listener",
@@ -76,6 +80,16 @@ impl Metrics {
             "1 while /readyz answers 200, else 0",
             ready.clone(),
         );
+        registry.register(
+            "prestop_refused",
+            "preStop calls refused for a missing or wrong token",
+            prestop_refused.clone(),
+        );
+        registry.register(
+            "prestop_reverted",
+            "Drains started by preStop that no SIGTERM followed in time, so readiness came back",
+            prestop_reverted.clone(),
+        );
         Self {
             registry: Arc::new(registry),
             requests,
@@ -83,6 +97,8 @@ impl Metrics {
             open_connections,
             draining,
             ready,
+            prestop_refused,
+            prestop_reverted,
         }
     }
 
@@ -105,6 +121,14 @@ impl Metrics {
     pub fn set_phase_flags(&self, ready: bool, draining: bool) {
         self.ready.set(i64::from(ready));
         self.draining.set(i64::from(draining));
+    }
+
+    pub fn prestop_refused(&self) {
+        self.prestop_refused.inc();
+    }
+
+    pub fn prestop_reverted(&self) {
+        self.prestop_reverted.inc();
     }
 
     /// Open connections of one listener right now.
@@ -164,6 +188,8 @@ mod tests {
             );
             assert!(text.contains("graceful_draining 1"), "{text}");
             assert!(text.contains("graceful_ready 0"), "{text}");
+            assert!(text.contains("graceful_prestop_refused_total 0"), "{text}");
+            assert!(text.contains("graceful_prestop_reverted_total 0"), "{text}");
         }
         let text = metrics.render().unwrap();
         assert!(text.contains("graceful_requests_total 1"), "{text}");

@@ -17,6 +17,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
+use crate::bind::bind_listeners;
 use crate::config::{Config, ShutdownMode};
 use crate::connection::{self, ConnectionSettings};
 use crate::context::AppContext;
@@ -36,8 +37,8 @@ pub async fn run(config: Config) -> Result<(), AppError> {
     // Installed before binding: a SIGTERM that arrives while starting still drains cleanly.
     let mut signals = Signals::install()?;
 
-    let main_listener = bind(ListenerKind::Main, config.bind, config.port).await?;
-    let admin_listener = bind(ListenerKind::Admin, config.bind, config.admin_port).await?;
+    let (main_listener, admin_listener) =
+        bind_listeners(config.bind, config.port, config.admin_port)?;
     let main_addr = local_addr(ListenerKind::Main, &main_listener)?;
     let admin_addr = local_addr(ListenerKind::Admin, &admin_listener)?;
     // Ready before the announcement: whoever reads the "listening" line may probe /readyz at
@@ -45,6 +46,12 @@ pub async fn run(config: Config) -> Result<(), AppError> {
     // loops run).
     lifecycle.advance(Phase::Serving);
     announce(main_addr, admin_addr);
+    announce_prestop_guard(&config);
+    // Reverts a preStop drain that no SIGTERM follows; ends by itself on termination.
+    tokio::spawn({
+        let ctx = ctx.clone();
+        async move { ctx.admin.revert.run().await }
+    });
 
     let settings = |kind| ConnectionSettings {
         kind,
@@ -114,21 +121,6 @@ pub async fn run(config: Config) -> Result<(), AppError> {
     }
 }
 
-async fn bind(
-    kind: ListenerKind,
-    ip: std::net::IpAddr,
-    port: u16,
-) -> Result<TcpListener, AppError> {
-    let addr = SocketAddr::new(ip, port);
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| AppError::Bind {
-            listener: kind.as_str(),
-            addr,
-            source,
-        })
-}
-
 fn local_addr(kind: ListenerKind, listener: &TcpListener) -> Result<SocketAddr, AppError> {
     listener.local_addr().map_err(|source| AppError::LocalAddr {
         listener: kind.as_str(),
@@ -151,6 +143,22 @@ fn announce(main_addr: SocketAddr, admin_addr: SocketAddr) {
         debug!(%error, "could not print the listening line");
     }
     info!(%main_addr, %admin_addr, "listening");
+}
+
+/// Says once how the preStop path is guarded; never the token itself.
+fn announce_prestop_guard(config: &Config) {
+    if config.prestop_token.is_some() {
+        info!(
+            path = %config.prestop_path,
+            "preStop requires the X-Graceful-Prestop-Token header"
+        );
+    } else {
+        info!(
+            path = %config.prestop_path,
+            "preStop path is unauthenticated: any client that reaches the admin port can start \
+             a drain; set GRACEFUL_PRESTOP_TOKEN to require a token"
+        );
+    }
 }
 
 /// The HTTP/1 settings that keep slow or malformed clients from pinning the process.

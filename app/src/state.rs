@@ -1,14 +1,18 @@
-//! The lifecycle of the process as one monotonic phase, shared by both listeners.
+//! The lifecycle of the process as one phase, shared by both listeners.
 //!
 //! Readiness, `Connection: close` and the end of the preStop hold are all read from this one
-//! value, so they can never disagree.
+//! value, so they can never disagree. The phase moves forward, with one exception: a drain that
+//! preStop started and no SIGTERM followed in time goes back to Serving (see prestop.rs), so a
+//! stray or abandoned preStop call cannot keep a healthy pod out of its Service forever.
+//! Terminating is final.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 
 use tokio::sync::watch;
 
-/// Where the process is in its life. Phases only move forward.
+/// Where the process is in its life. Phases only move forward, except Draining -> Serving
+/// through [`Lifecycle::revert_drain`]; Terminating is never left.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 #[repr(u8)]
 pub enum Phase {
@@ -71,8 +75,8 @@ impl Lifecycle {
         Phase::from_u8(self.current.load(Ordering::Acquire))
     }
 
-    /// Moves forward to `next`; returns true when this call changed the phase. A phase never
-    /// moves back, so a late "serving" cannot undo a drain.
+    /// Moves forward to `next`; returns true when this call changed the phase. It never moves
+    /// back, so a late "serving" cannot undo a drain.
     pub fn advance(&self, next: Phase) -> bool {
         self.phase.send_if_modified(|current| {
             if next > *current {
@@ -85,7 +89,25 @@ impl Lifecycle {
         })
     }
 
-    /// Waits until the phase has reached at least `target`.
+    /// The one step back: Draining -> Serving, only if the phase is Draining at this instant;
+    /// returns true when it changed the phase. It runs under the same lock as
+    /// [`Lifecycle::advance`], so it is a compare-and-swap against a concurrent SIGTERM: if
+    /// Terminating came first nothing changes, and a Terminating that comes after wins as
+    /// always.
+    pub fn revert_drain(&self) -> bool {
+        self.phase.send_if_modified(|current| {
+            if *current == Phase::Draining {
+                *current = Phase::Serving;
+                self.current.store(Phase::Serving as u8, Ordering::Release);
+                true
+            } else {
+                false
+            }
+        })
+    }
+
+    /// Waits until the phase has reached at least `target`. Meant for Terminating, which is
+    /// final: a wait for Draining could miss a drain that was reverted before it looked.
     pub async fn reached(&self, target: Phase) {
         let mut rx = self.phase.subscribe();
         // The sender lives in `self`, so `wait_for` cannot fail while we are borrowed.
@@ -108,6 +130,42 @@ mod tests {
         assert!(!lifecycle.advance(Phase::Serving));
         assert_eq!(lifecycle.phase(), Phase::Terminating);
         assert!(lifecycle.phase().is_draining());
+    }
+
+    #[test]
+    fn only_a_drain_reverts_and_terminating_is_final() {
+        let lifecycle = Lifecycle::new();
+        assert!(!lifecycle.revert_drain(), "Starting reverted");
+        lifecycle.advance(Phase::Serving);
+        assert!(!lifecycle.revert_drain(), "Serving 'reverted'");
+        assert!(lifecycle.advance(Phase::Draining));
+        assert!(lifecycle.revert_drain());
+        assert_eq!(lifecycle.phase(), Phase::Serving);
+        assert!(lifecycle.phase().is_ready() && !lifecycle.phase().is_draining());
+        assert!(
+            lifecycle.advance(Phase::Draining),
+            "a second drain after a revert"
+        );
+        assert!(lifecycle.advance(Phase::Terminating));
+        assert!(!lifecycle.revert_drain());
+        assert_eq!(lifecycle.phase(), Phase::Terminating);
+    }
+
+    #[test]
+    fn revert_racing_sigterm_never_undoes_terminating() {
+        for _ in 0..200 {
+            let lifecycle = Lifecycle::new();
+            lifecycle.advance(Phase::Serving);
+            lifecycle.advance(Phase::Draining);
+            let reverter = {
+                let lifecycle = lifecycle.clone();
+                std::thread::spawn(move || lifecycle.revert_drain())
+            };
+            lifecycle.advance(Phase::Terminating);
+            let _ = reverter.join();
+            assert_eq!(lifecycle.phase(), Phase::Terminating);
+            assert_eq!(*lifecycle.phase.borrow(), Phase::Terminating);
+        }
     }
 
     #[test]

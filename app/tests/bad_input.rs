@@ -63,6 +63,24 @@ fn bad_flags_exit_2_with_a_message() -> anyhow::Result<()> {
             "must differ",
         ),
         (&[], &[("GRACEFUL_PORT", "eighty")], "eighty"),
+        (&["--prestop-path", "prestop"], &[], "--prestop-path"),
+        (
+            &[],
+            &[("GRACEFUL_READINESS_PATH", "/ready z")],
+            "--readiness-path",
+        ),
+        (&["--liveness-path", "/metrics"], &[], "/metrics"),
+        (
+            &["--prestop-path", "/x", "--readiness-path", "/x"],
+            &[],
+            "must differ",
+        ),
+        (
+            &["--drain-delay-ms", "5000", "--prestop-revert-ms", "4000"],
+            &[],
+            "--prestop-revert-ms",
+        ),
+        (&[], &[("GRACEFUL_PRESTOP_TOKEN", "")], "--prestop-token"),
     ];
     for (args, env, needle) in cases {
         let (code, stderr) = run_with(args, env)?;
@@ -72,6 +90,20 @@ fn bad_flags_exit_2_with_a_message() -> anyhow::Result<()> {
             "{args:?}: message lacks {needle:?}: {stderr}"
         );
     }
+    Ok(())
+}
+
+#[test]
+fn a_malformed_token_is_refused_without_being_printed() -> anyhow::Result<()> {
+    // A token read from a file with its trailing newline: the typical mistake.
+    let token = "s3cret-from-a-file\n";
+    let (code, stderr) = run_with(&[], &[("GRACEFUL_PRESTOP_TOKEN", token)])?;
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("--prestop-token"), "{stderr}");
+    assert!(
+        !stderr.contains("s3cret"),
+        "the token was printed: {stderr}"
+    );
     Ok(())
 }
 

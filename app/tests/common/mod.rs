@@ -36,14 +36,32 @@ impl App {
 
     /// Like [`App::start`] with a given `RUST_LOG` (the benchmark runs at `warn`).
     pub fn start_with_log_level(args: &[&str], level: &str) -> anyhow::Result<App> {
+        Self::spawn(Some("127.0.0.1"), args, level)
+    }
+
+    /// Like [`App::start`] with `--bind <bind>`.
+    pub fn start_on(bind: &str, args: &[&str]) -> anyhow::Result<App> {
+        Self::spawn(Some(bind), args, "debug")
+    }
+
+    /// Like [`App::start`] without `--bind`, so the app binds its default address.
+    pub fn start_default_bind(args: &[&str]) -> anyhow::Result<App> {
+        Self::spawn(None, args, "debug")
+    }
+
+    fn spawn(bind: Option<&str>, args: &[&str], level: &str) -> anyhow::Result<App> {
         let log = std::env::temp_dir().join(format!(
             "graceful-app-test-{}-{}.log",
             std::process::id(),
             NEXT_LOG.fetch_add(1, Ordering::SeqCst)
         ));
         let log_file = std::fs::File::create(&log)?;
-        let mut child = Command::new(BIN)
-            .args(["--bind", "127.0.0.1", "--port", "0", "--admin-port", "0"])
+        let mut command = Command::new(BIN);
+        if let Some(bind) = bind {
+            command.args(["--bind", bind]);
+        }
+        let mut child = command
+            .args(["--port", "0", "--admin-port", "0"])
             .args(args)
             .env("RUST_LOG", level)
             .stdin(Stdio::null())
