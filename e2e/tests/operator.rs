@@ -9,6 +9,8 @@ mod idlest;
 mod invalid;
 #[path = "operator/ownership.rs"]
 mod ownership;
+#[path = "operator/pod_security.rs"]
+mod pod_security;
 #[path = "operator/race.rs"]
 mod race;
 #[path = "operator/readiness.rs"]

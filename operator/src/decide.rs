@@ -169,7 +169,11 @@ pub fn decide(
                 deployment: wanted,
                 resource_version: live.and_then(|d| d.metadata.resource_version.clone()),
                 // Only an app with the admin contract reports its requests in flight.
-                mark: match (step.kind, spec.scale_down.prefer_idle_pods, spec.shutdown.mode) {
+                mark: match (
+                    step.kind,
+                    spec.scale_down.prefer_idle_pods,
+                    spec.shutdown.mode,
+                ) {
                     (StepKind::Drain, true, ShutdownMode::Admin) => {
                         usize::try_from(step.from - step.to).unwrap_or(0)
                     }

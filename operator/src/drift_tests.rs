@@ -55,7 +55,10 @@ fn live_deployment_with_defaults_and_status_matches() {
         &test_owner("web"),
         &GracefulServiceSpec::default(),
         3,
-        &Default::default(), "token").unwrap();
+        &Default::default(),
+        "token",
+    )
+    .unwrap();
     let live = live_deployment(&desired);
     assert!(object_is_subset(
         &serde_json::to_value(&desired).unwrap(),
@@ -72,7 +75,10 @@ fn drift_of_grace_period_env_or_replicas_differs() {
         &test_owner("web"),
         &GracefulServiceSpec::default(),
         3,
-        &Default::default(), "token").unwrap();
+        &Default::default(),
+        "token",
+    )
+    .unwrap();
     let desired_value = serde_json::to_value(&desired).unwrap();
     let edits: [fn(&mut Value); 4] = [
         |live| live["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] = json!(5),
@@ -171,14 +177,24 @@ fn last_applied_applies_a_changed_desired_object_even_if_live_holds_it() {
         &owner,
         &limits(&[("cpu", "1"), ("memory", "64Mi")]),
         2,
-        &Default::default(), "token").unwrap();
+        &Default::default(),
+        "token",
+    )
+    .unwrap();
     let live: Deployment = serde_json::from_value(live_deployment(&first)).unwrap();
     // Unknown to this process (fresh start): applied once.
     assert!(memory.needs_apply("d/ns/web", &first, Some(&live)));
     memory.record("d/ns/web", &first);
     assert!(!memory.needs_apply("d/ns/web", &first, Some(&live)));
     // The memory limit removed from the spec: a subset of live, yet applied so it is removed.
-    let second = deployment::build(&owner, &limits(&[("cpu", "1")]), 2, &Default::default(), "token").unwrap();
+    let second = deployment::build(
+        &owner,
+        &limits(&[("cpu", "1")]),
+        2,
+        &Default::default(),
+        "token",
+    )
+    .unwrap();
     assert!(!differs(&second, Some(&live)));
     assert!(memory.needs_apply("d/ns/web", &second, Some(&live)));
     memory.forget("d/ns/");

@@ -20,8 +20,8 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client};
 
 use crate::error::Error;
-use crate::manifests::{Owner, pod};
 use crate::manifests::deployment::{LAST_STEP, WALK_STARTED};
+use crate::manifests::{Owner, pod};
 use crate::planner::{DeploymentObservation, PodView, StepClock};
 use crate::status;
 

@@ -6,7 +6,8 @@ fn committed_crd_matches_the_code() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../crds/gracefulservice.yaml");
     let committed = std::fs::read_to_string(path).expect("crds/gracefulservice.yaml is readable");
     let generated =
-        serde_yaml::to_string(&graceful_operator::crd::definition().expect("CRD builds")).expect("CRD serializes");
+        serde_yaml::to_string(&graceful_operator::crd::definition().expect("CRD builds"))
+            .expect("CRD serializes");
     assert!(
         committed == generated,
         "crds/gracefulservice.yaml is stale: run `cargo run -p graceful-operator --bin crdgen > crds/gracefulservice.yaml`"
@@ -15,7 +16,8 @@ fn committed_crd_matches_the_code() {
 
 #[test]
 fn crd_has_scale_subresource_and_cel_rules() {
-    let crd = serde_json::to_value(graceful_operator::crd::definition().expect("CRD builds")).expect("json");
+    let crd = serde_json::to_value(graceful_operator::crd::definition().expect("CRD builds"))
+        .expect("json");
     let version = &crd["spec"]["versions"][0];
     assert_eq!(
         version["subresources"]["scale"]["labelSelectorPath"],
@@ -42,8 +44,16 @@ fn the_template_keeps_its_own_field_descriptions() {
         .expect("json");
     let spec = "/spec/versions/0/schema/openAPIV3Schema/properties/spec/properties/template/properties/spec/properties";
     let fields = crd.pointer(spec).expect("template.spec fields");
-    for name in ["containers", "volumes", "securityContext", "serviceAccountName"] {
-        assert!(fields[name]["description"].is_string(), "{name} keeps its description");
+    for name in [
+        "containers",
+        "volumes",
+        "securityContext",
+        "serviceAccountName",
+    ] {
+        assert!(
+            fields[name]["description"].is_string(),
+            "{name} keeps its description"
+        );
     }
     let nested = &fields["containers"]["items"]["properties"]["image"];
     assert!(nested.is_object() && nested.get("description").is_none());

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use graceful_operator::GracefulService;
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 
@@ -186,9 +187,25 @@ async fn a_crash_looping_pod_mid_walk_is_removed_first_and_the_walk_ends() -> Re
         .status
         .and_then(|s| s.pod_ip)
         .context("pod without IP")?;
-    // Out of the Service first, as the kubelet would do it: the preStop call flips readiness.
+    // Out of the Service first, as the kubelet would do it: the preStop call, with the token the
+    // kubelet's hook carries, flips readiness.
+    let deployment: Api<Deployment> = Api::namespaced(s.client.clone(), &s.ns);
+    let token =
+        graceful_operator::manifests::pod::recorded_token(Some(&deployment.get("web").await?))
+            .context("no preStop token")?;
+    let header = format!(
+        "{}: {token}",
+        graceful_operator::manifests::pod::TOKEN_HEADER
+    );
     let prestop = Command::new("curl")
-        .args(["-s", "-m", "10", &format!("http://{ip}:9090/prestop")])
+        .args([
+            "-sf",
+            "-m",
+            "10",
+            "-H",
+            &header,
+            &format!("http://{ip}:9090/prestop"),
+        ])
         .output()?;
     ensure!(prestop.status.success(), "preStop call failed: {prestop:?}");
     tokio::time::sleep(Duration::from_secs(4)).await;

@@ -128,6 +128,56 @@ fn cases() -> Vec<(&'static str, Value, &'static str)> {
             json!({"image": ""}),
             "should be at least 1 chars long",
         ),
+        (
+            "template sets the grace period",
+            json!({"template": {"spec": {"terminationGracePeriodSeconds": 5}}}),
+            "template.spec.terminationGracePeriodSeconds is owned: set spec.shutdown.terminationGracePeriodSeconds",
+        ),
+        (
+            "template app container with a preStop hook",
+            json!({"template": {"spec": {"containers": [{"name": "app", "lifecycle": {"preStop": {"sleep": {"seconds": 1}}}}]}}}),
+            "template container 'app' must not set lifecycle or probes",
+        ),
+        (
+            "template app container with a readiness probe",
+            json!({"template": {"spec": {"containers": [{"name": "app", "readinessProbe": {"tcpSocket": {"port": 8080}}}]}}}),
+            "template container 'app' must not set lifecycle or probes",
+        ),
+        (
+            "template app container with an image",
+            json!({"template": {"spec": {"containers": [{"name": "app", "image": "nginx"}]}}}),
+            "template container 'app' must not set image, args, env or ports",
+        ),
+        (
+            "template extra container without an image",
+            json!({"template": {"spec": {"containers": [{"name": "side"}]}}}),
+            "template containers other than 'app' need an image",
+        ),
+        (
+            "template takes the selector label",
+            json!({"template": {"metadata": {"labels": {"graceful.dev/service": "x"}}}}),
+            "template.metadata.labels must not set graceful.dev/service",
+        ),
+        (
+            "template sets the deletion cost",
+            json!({"template": {"metadata": {"annotations": {"controller.kubernetes.io/pod-deletion-cost": "1"}}}}),
+            "must not set controller.kubernetes.io/pod-deletion-cost",
+        ),
+        (
+            "resources twice",
+            json!({"resources": {"limits": {"cpu": "1"}}, "template": {"spec": {"containers": [{"name": "app", "resources": {"limits": {"cpu": "1"}}}]}}}),
+            "set the app container's resources in spec.resources or in template container 'app', not both",
+        ),
+        (
+            "shutdown mode unknown",
+            json!({"shutdown": {"mode": "Sidecar"}}),
+            "Unsupported value: \"Sidecar\"",
+        ),
+        (
+            "readiness period 0",
+            json!({"probes": {"readiness": {"periodSeconds": 0}}}),
+            "should be greater than or equal to 1",
+        ),
     ]
 }
 

@@ -161,15 +161,24 @@ pub fn install_crd(tb: &Testbed) -> Result<()> {
     let mut apply = tb.kubectl();
     apply.args(["apply", "--server-side", "--force-conflicts", "-f", crds]);
     run(apply)?;
-    let mut wait = tb.kubectl();
-    wait.args([
-        "wait",
-        "--for=condition=established",
-        "--timeout=60s",
-        "crd/gracefulservices.graceful.dev",
-    ]);
-    run(wait)?;
-    Ok(())
+    // Right after an apply the CRD may have no status.conditions yet, which `kubectl wait`
+    // reports as an error rather than waiting: try again for a while.
+    let mut last = None;
+    for _ in 0..40 {
+        let mut wait = tb.kubectl();
+        wait.args([
+            "wait",
+            "--for=condition=established",
+            "--timeout=60s",
+            "crd/gracefulservices.graceful.dev",
+        ]);
+        match run(wait) {
+            Ok(_) => return Ok(()),
+            Err(e) => last = Some(e),
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    Err(last.unwrap_or_else(|| anyhow::anyhow!("the CRD was never established")))
 }
 
 /// Waits until no node carries the `not-ready` NoSchedule taint. The taint is added when a node

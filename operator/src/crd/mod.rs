@@ -13,8 +13,8 @@ mod defaults;
 mod pod;
 
 pub use pod::{
-    APP_CONTAINER, PodSpecOverlay, PodTemplateOverlay, ProbeTiming, ProbesSpec,
-    ReadinessProbeSpec, TemplateMetadata,
+    APP_CONTAINER, PodSpecOverlay, PodTemplateOverlay, ProbeTiming, ProbesSpec, ReadinessProbeSpec,
+    TemplateMetadata,
 };
 
 /// API group of the resource.

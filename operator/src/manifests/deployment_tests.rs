@@ -2,9 +2,9 @@
 //! probes, the security defaults and the user's template.
 
 use super::*;
+use crate::manifests::test_owner;
 use k8s_openapi::api::core::v1::EnvVar;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use crate::manifests::test_owner;
 use proptest::prelude::*;
 
 const TOKEN: &str = "t0k3n";
@@ -130,7 +130,13 @@ fn the_prestop_hook_carries_the_token_the_app_checks() {
     let d = make(&GracefulServiceSpec::default(), 1, &StepClock::default());
     let app = &pod_of(&d).containers[0];
     let get = app.lifecycle.as_ref().unwrap().pre_stop.as_ref().unwrap();
-    let headers = get.http_get.as_ref().unwrap().http_headers.as_ref().unwrap();
+    let headers = get
+        .http_get
+        .as_ref()
+        .unwrap()
+        .http_headers
+        .as_ref()
+        .unwrap();
     assert_eq!(headers[0].name, pod::TOKEN_HEADER);
     assert_eq!(headers[0].value, TOKEN);
     assert_eq!(env_value(&d, pod::TOKEN_ENV).as_deref(), Some(TOKEN));
@@ -168,7 +174,10 @@ fn defaults_pass_pod_security_restricted() {
     let pod = pod_of(&d);
     let security = pod.security_context.as_ref().unwrap();
     assert_eq!(security.run_as_non_root, Some(true));
-    assert_eq!(security.seccomp_profile.as_ref().unwrap().type_, "RuntimeDefault");
+    assert_eq!(
+        security.seccomp_profile.as_ref().unwrap().type_,
+        "RuntimeDefault"
+    );
     let app = pod.containers[0].security_context.as_ref().unwrap();
     assert_eq!(app.allow_privilege_escalation, Some(false));
     assert_eq!(
@@ -195,12 +204,34 @@ fn sleep_mode_has_no_admin_port_and_probes_the_main_port() {
     let hook = app.lifecycle.as_ref().unwrap().pre_stop.as_ref().unwrap();
     assert_eq!(hook.sleep.as_ref().unwrap().seconds, 7);
     assert!(hook.http_get.is_none());
-    let ports: Vec<_> = app.ports.as_ref().unwrap().iter().map(|p| p.container_port).collect();
+    let ports: Vec<_> = app
+        .ports
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|p| p.container_port)
+        .collect();
     assert_eq!(ports, vec![8080]);
-    let tcp = app.readiness_probe.as_ref().unwrap().tcp_socket.as_ref().unwrap();
+    let tcp = app
+        .readiness_probe
+        .as_ref()
+        .unwrap()
+        .tcp_socket
+        .as_ref()
+        .unwrap();
     assert_eq!(tcp.port, IntOrString::String("http".into()));
-    let names: Vec<_> = app.env.as_ref().unwrap().iter().map(|v| v.name.as_str()).collect();
-    assert_eq!(names, vec!["A"], "no contract variables for an app that knows no contract");
+    let names: Vec<_> = app
+        .env
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|v| v.name.as_str())
+        .collect();
+    assert_eq!(
+        names,
+        vec!["A"],
+        "no contract variables for an app that knows no contract"
+    );
 }
 
 #[test]
@@ -208,7 +239,10 @@ fn probe_timing_is_configurable_and_defaults_stay_fast() {
     let d = make(&GracefulServiceSpec::default(), 1, &StepClock::default());
     let app = &pod_of(&d).containers[0];
     let ready = app.readiness_probe.as_ref().unwrap();
-    assert_eq!((ready.period_seconds, ready.failure_threshold), (Some(1), Some(1)));
+    assert_eq!(
+        (ready.period_seconds, ready.failure_threshold),
+        (Some(1), Some(1))
+    );
     assert!(app.startup_probe.is_none());
     let spec = spec_from(serde_json::json!({"probes": {
         "readiness": {"periodSeconds": 5, "successThreshold": 2},
@@ -219,11 +253,18 @@ fn probe_timing_is_configurable_and_defaults_stay_fast() {
     let app = &pod_of(&d).containers[0];
     let ready = app.readiness_probe.as_ref().unwrap();
     assert_eq!(
-        (ready.period_seconds, ready.success_threshold, ready.timeout_seconds),
+        (
+            ready.period_seconds,
+            ready.success_threshold,
+            ready.timeout_seconds
+        ),
         (Some(5), Some(2), Some(1))
     );
     let live = app.liveness_probe.as_ref().unwrap();
-    assert_eq!((live.period_seconds, live.failure_threshold), (Some(10), Some(6)));
+    assert_eq!(
+        (live.period_seconds, live.failure_threshold),
+        (Some(10), Some(6))
+    );
     let startup = app.startup_probe.as_ref().unwrap();
     assert_eq!(
         (startup.period_seconds, startup.failure_threshold),

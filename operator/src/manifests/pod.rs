@@ -265,7 +265,9 @@ mod tests {
     fn the_bundled_app_is_known_by_its_repository() {
         assert!(is_bundled_app("ghcr.io/graceful-dev/graceful-app"));
         assert!(is_bundled_app("ghcr.io/graceful-dev/graceful-app:0.1.0"));
-        assert!(is_bundled_app("ghcr.io/graceful-dev/graceful-app@sha256:ab"));
+        assert!(is_bundled_app(
+            "ghcr.io/graceful-dev/graceful-app@sha256:ab"
+        ));
         assert!(!is_bundled_app("ghcr.io/graceful-dev/graceful-app-fork:1"));
         assert!(!is_bundled_app("nginx:1.27"));
     }
