@@ -168,13 +168,13 @@ pub fn decide(
                 step,
                 deployment: wanted,
                 resource_version: live.and_then(|d| d.metadata.resource_version.clone()),
-                // Only an app with the admin contract reports its requests in flight.
+                // Only the app's admin contract or the drain proxy reports requests in flight.
                 mark: match (
                     step.kind,
                     spec.scale_down.prefer_idle_pods,
                     spec.shutdown.mode,
                 ) {
-                    (StepKind::Drain, true, ShutdownMode::Admin) => {
+                    (StepKind::Drain, true, ShutdownMode::Admin | ShutdownMode::Sidecar) => {
                         usize::try_from(step.from - step.to).unwrap_or(0)
                     }
                     _ => 0,

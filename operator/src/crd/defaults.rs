@@ -20,6 +20,9 @@ pub(super) fn main_port() -> i32 {
 pub(super) fn admin_port() -> i32 {
     9090
 }
+pub(super) fn proxy_port() -> i32 {
+    15080
+}
 pub(super) fn prestop_path() -> String {
     "/prestop".to_string()
 }
@@ -59,6 +62,7 @@ impl Default for PortsSpec {
         Self {
             main: main_port(),
             admin: admin_port(),
+            proxy: proxy_port(),
         }
     }
 }
@@ -77,6 +81,7 @@ impl Default for ShutdownSpec {
     fn default() -> Self {
         Self {
             mode: super::ShutdownMode::default(),
+            proxy_image: None,
             drain_delay_seconds: drain_delay(),
             max_request_seconds: max_request(),
             termination_grace_period_seconds: grace(),

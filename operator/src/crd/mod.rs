@@ -127,15 +127,22 @@ pub struct GracefulServiceSpec {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self.main != self.admin").message("ports.main and ports.admin must differ"))]
+#[x_kube(validation = Rule::new("self.proxy != self.main && self.proxy != self.admin").message("ports.proxy must differ from ports.main and ports.admin"))]
 pub struct PortsSpec {
     /// Port of the main listener, the only one the Service exposes.
     #[serde(default = "defaults::main_port")]
     #[schemars(range(min = 1, max = 65535))]
     pub main: i32,
     /// Port of the admin listener (preStop, probes, metrics); never exposed through the Service.
+    /// In `Sidecar` mode it is the drain proxy's.
     #[serde(default = "defaults::admin_port")]
     #[schemars(range(min = 1, max = 65535))]
     pub admin: i32,
+    /// `Sidecar` mode only: the port the drain proxy listens on and the Service targets; the
+    /// proxy forwards to the app's `main` port over the pod's loopback.
+    #[serde(default = "defaults::proxy_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub proxy: i32,
 }
 
 /// Admin endpoints of the app.
@@ -197,6 +204,11 @@ pub enum ShutdownMode {
     /// For apps that drain on SIGTERM but have no admin listener: the preStop hook sleeps for the
     /// drain delay (the kubelet's own sleep action) and the probes check the main port over TCP.
     Sleep,
+    /// For apps that know nothing of the protocol (they may exit at once on SIGTERM): a drain
+    /// proxy runs as a native sidecar in front of the app's main port, the Service targets the
+    /// proxy, and the app's preStop hook makes the proxy drain (readiness off, hold, wait for the
+    /// requests in flight to the app) before the kubelet sends the app SIGTERM.
+    Sidecar,
 }
 
 /// Timing of a pod's shutdown.
@@ -204,9 +216,15 @@ pub enum ShutdownMode {
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self.terminationGracePeriodSeconds > self.drainDelaySeconds + self.maxRequestSeconds").message("shutdown.terminationGracePeriodSeconds must exceed drainDelaySeconds + maxRequestSeconds"))]
 pub struct ShutdownSpec {
-    /// Who carries out the drain: `Admin` (default, the app's admin listener) or `Sleep`.
+    /// Who carries out the drain: `Admin` (default, the app's admin listener), `Sleep` or
+    /// `Sidecar`.
     #[serde(default)]
     pub mode: ShutdownMode,
+    /// `Sidecar` mode: image of the drain proxy; the bundled app's image of this operator's
+    /// version when absent (it carries `graceful-drain-proxy`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512))]
+    pub proxy_image: Option<String>,
     /// How long the preStop hook holds after flipping readiness, so every proxy drops the endpoint first.
     #[serde(default = "defaults::drain_delay")]
     #[schemars(range(min = 0, max = 3600))]

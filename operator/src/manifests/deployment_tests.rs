@@ -327,3 +327,80 @@ fn the_operator_labels_survive_any_template() {
     assert_eq!(labels["graceful.dev/service"], "web");
     assert_eq!(labels["app.kubernetes.io/managed-by"], "graceful-operator");
 }
+
+#[test]
+fn sidecar_mode_puts_the_drain_proxy_in_front_of_the_app() {
+    let spec = spec_from(serde_json::json!({
+        "image": "nginx:1.27",
+        "ports": {"main": 80},
+        "shutdown": {"mode": "Sidecar"},
+        "env": [{"name": "A", "value": "1"}]
+    }));
+    let d = make(&spec, 1, &StepClock::default());
+    let pod = pod_of(&d);
+    let proxy = &pod.init_containers.as_ref().unwrap()[0];
+    assert_eq!(proxy.name, "drain-proxy");
+    assert_eq!(proxy.restart_policy.as_deref(), Some("Always"));
+    assert_eq!(proxy.image.as_deref(), Some(crate::crd::DEFAULT_IMAGE));
+    let ports: Vec<_> = proxy
+        .ports
+        .iter()
+        .flatten()
+        .map(|p| (p.name.clone().unwrap(), p.container_port))
+        .collect();
+    assert_eq!(
+        ports,
+        [("http".to_string(), 15080), ("admin".to_string(), 9090)]
+    );
+    let proxy_env = |name: &str| {
+        proxy
+            .env
+            .iter()
+            .flatten()
+            .find(|v| v.name == name)
+            .and_then(|v| v.value.clone())
+    };
+    assert_eq!(proxy_env("GRACEFUL_PORT").as_deref(), Some("15080"));
+    assert_eq!(
+        proxy_env("GRACEFUL_PROXY_UPSTREAM").as_deref(),
+        Some("127.0.0.1:80")
+    );
+    assert_eq!(
+        proxy_env("GRACEFUL_MAX_REQUEST_MS").as_deref(),
+        Some("10000")
+    );
+    assert_eq!(proxy_env(pod::TOKEN_ENV).as_deref(), Some(TOKEN));
+    assert_eq!(pod::recorded_token(Some(&d)).as_deref(), Some(TOKEN));
+    let ready = proxy
+        .readiness_probe
+        .as_ref()
+        .unwrap()
+        .http_get
+        .as_ref()
+        .unwrap();
+    assert_eq!(ready.port, IntOrString::String("admin".into()));
+
+    let app = &pod.containers[0];
+    assert_eq!(app.image.as_deref(), Some("nginx:1.27"));
+    let hook = app.lifecycle.as_ref().unwrap().pre_stop.as_ref().unwrap();
+    let get = hook.http_get.as_ref().unwrap();
+    assert_eq!(get.port, IntOrString::Int(9090), "the proxy's admin port");
+    assert_eq!(get.http_headers.as_ref().unwrap()[0].value, TOKEN);
+    let app_ports: Vec<_> = app
+        .ports
+        .iter()
+        .flatten()
+        .map(|p| (p.name.clone().unwrap(), p.container_port))
+        .collect();
+    assert_eq!(app_ports, [("app".to_string(), 80)]);
+    let tcp = app
+        .readiness_probe
+        .as_ref()
+        .unwrap()
+        .tcp_socket
+        .as_ref()
+        .unwrap();
+    assert_eq!(tcp.port, IntOrString::String("app".into()));
+    let names: Vec<_> = app.env.iter().flatten().map(|v| v.name.as_str()).collect();
+    assert_eq!(names, ["A"]);
+}

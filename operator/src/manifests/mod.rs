@@ -8,6 +8,7 @@ pub mod overlay;
 pub mod pdb;
 pub mod pod;
 pub mod service;
+pub mod sidecar;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 

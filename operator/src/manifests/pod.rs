@@ -18,13 +18,15 @@ use crate::crd::{
 pub const MAIN_PORT_NAME: &str = "http";
 /// Port name of the admin listener.
 pub const ADMIN_PORT_NAME: &str = "admin";
+/// Port name of the app's own port in `Sidecar` mode, where `http` is the drain proxy's.
+pub const APP_PORT_NAME: &str = "app";
 /// Header of the preStop call that carries the pod's token; the app refuses a preStop call
 /// without it, so no workload that merely reaches the pod can take it out of service.
 pub const TOKEN_HEADER: &str = "X-Graceful-Prestop-Token";
 /// Environment variable giving the app the token [`TOKEN_HEADER`] must carry.
 pub const TOKEN_ENV: &str = "GRACEFUL_PRESTOP_TOKEN";
 /// Environment variables the operator sets; a spec may not set them itself.
-pub const RESERVED_ENV: [&str; 10] = [
+pub const RESERVED_ENV: [&str; 12] = [
     "GRACEFUL_PORT",
     "GRACEFUL_ADMIN_PORT",
     "GRACEFUL_DRAIN_DELAY_MS",
@@ -34,6 +36,8 @@ pub const RESERVED_ENV: [&str; 10] = [
     "GRACEFUL_READINESS_PATH",
     "GRACEFUL_LIVENESS_PATH",
     "GRACEFUL_PRESTOP_REVERT_MS",
+    "GRACEFUL_PROXY_UPSTREAM",
+    "GRACEFUL_MAX_REQUEST_MS",
     TOKEN_ENV,
 ];
 /// Repository of the bundled app's image: the one image known to need no writable root
@@ -55,6 +59,8 @@ pub fn spec(spec: &GracefulServiceSpec, token: &str) -> PodSpec {
             }),
             ..PodSecurityContext::default()
         }),
+        init_containers: (spec.shutdown.mode == ShutdownMode::Sidecar)
+            .then(|| vec![super::sidecar::container(spec, token)]),
         containers: vec![container(spec, token)],
         ..PodSpec::default()
     }
@@ -62,19 +68,30 @@ pub fn spec(spec: &GracefulServiceSpec, token: &str) -> PodSpec {
 
 /// The preStop token recorded in the live Deployment's app container, if any: the operator
 /// keeps it, since a new token would roll every pod.
+/// Whichever container holds it (the app's in `Admin` mode, the drain proxy's in `Sidecar` mode).
 pub fn recorded_token(live: Option<&Deployment>) -> Option<String> {
     let pod = live?.spec.as_ref()?.template.spec.as_ref()?;
-    let app = pod.containers.iter().find(|c| c.name == APP_CONTAINER)?;
-    let var = app.env.as_ref()?.iter().find(|v| v.name == TOKEN_ENV)?;
-    var.value.clone().filter(|value| !value.is_empty())
+    let containers = pod
+        .containers
+        .iter()
+        .chain(pod.init_containers.iter().flatten());
+    containers
+        .flat_map(|c| c.env.iter().flatten())
+        .find(|v| v.name == TOKEN_ENV)
+        .and_then(|v| v.value.clone())
+        .filter(|value| !value.is_empty())
 }
 
 fn container(spec: &GracefulServiceSpec, token: &str) -> Container {
-    let admin_mode = spec.shutdown.mode == ShutdownMode::Admin;
-    let mut ports = vec![port(MAIN_PORT_NAME, spec.ports.main)];
-    if admin_mode {
-        ports.push(port(ADMIN_PORT_NAME, spec.ports.admin));
-    }
+    let ports = match spec.shutdown.mode {
+        ShutdownMode::Admin => vec![
+            port(MAIN_PORT_NAME, spec.ports.main),
+            port(ADMIN_PORT_NAME, spec.ports.admin),
+        ],
+        ShutdownMode::Sleep => vec![port(MAIN_PORT_NAME, spec.ports.main)],
+        // The names `http` and `admin` are the drain proxy's: the Service targets `http`.
+        ShutdownMode::Sidecar => vec![port(APP_PORT_NAME, spec.ports.main)],
+    };
     Container {
         name: APP_CONTAINER.to_string(),
         image: Some(spec.image.clone()),
@@ -86,23 +103,30 @@ fn container(spec: &GracefulServiceSpec, token: &str) -> Container {
             pre_stop: Some(pre_stop(spec, token)),
             ..Lifecycle::default()
         }),
-        readiness_probe: Some(readiness(spec)),
-        liveness_probe: Some(liveness(spec)),
-        startup_probe: startup(spec),
-        security_context: Some(SecurityContext {
-            allow_privilege_escalation: Some(false),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".to_string()]),
-                add: None,
-            }),
-            read_only_root_filesystem: is_bundled_app(&spec.image).then_some(true),
-            ..SecurityContext::default()
-        }),
+        readiness_probe: Some(readiness(spec, &app_target(spec, &spec.paths.readiness))),
+        liveness_probe: Some(liveness(spec, &app_target(spec, &spec.paths.liveness))),
+        startup_probe: startup(spec, &app_target(spec, &spec.paths.liveness)),
+        security_context: Some(restricted(is_bundled_app(&spec.image))),
         ..Container::default()
     }
 }
 
-fn port(name: &str, number: i32) -> ContainerPort {
+/// A container security context that passes Pod Security `restricted` (with the pod's
+/// `runAsNonRoot` and seccomp profile); a read-only root filesystem where the image is known
+/// not to need a writable one.
+pub(super) fn restricted(read_only_root: bool) -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".to_string()]),
+            add: None,
+        }),
+        read_only_root_filesystem: read_only_root.then_some(true),
+        ..SecurityContext::default()
+    }
+}
+
+pub(super) fn port(name: &str, number: i32) -> ContainerPort {
     ContainerPort {
         name: Some(name.to_string()),
         container_port: number,
@@ -119,17 +143,23 @@ pub fn is_bundled_app(image: &str) -> bool {
 }
 
 fn pre_stop(spec: &GracefulServiceSpec, token: &str) -> LifecycleHandler {
+    let call = |port: IntOrString| LifecycleHandler {
+        http_get: Some(HTTPGetAction {
+            http_headers: Some(vec![HTTPHeader {
+                name: TOKEN_HEADER.to_string(),
+                value: token.to_string(),
+            }]),
+            path: Some(spec.paths.pre_stop.clone()),
+            port,
+            ..HTTPGetAction::default()
+        }),
+        ..LifecycleHandler::default()
+    };
     match spec.shutdown.mode {
-        ShutdownMode::Admin => LifecycleHandler {
-            http_get: Some(HTTPGetAction {
-                http_headers: Some(vec![HTTPHeader {
-                    name: TOKEN_HEADER.to_string(),
-                    value: token.to_string(),
-                }]),
-                ..admin_get(&spec.paths.pre_stop)
-            }),
-            ..LifecycleHandler::default()
-        },
+        ShutdownMode::Admin => call(IntOrString::String(ADMIN_PORT_NAME.to_string())),
+        // The proxy's admin port, by number: a hook resolves port names among its own
+        // container's ports only.
+        ShutdownMode::Sidecar => call(IntOrString::Int(spec.ports.admin)),
         ShutdownMode::Sleep => LifecycleHandler {
             sleep: Some(SleepAction {
                 seconds: i64::from(spec.shutdown.drain_delay_seconds),
@@ -139,35 +169,38 @@ fn pre_stop(spec: &GracefulServiceSpec, token: &str) -> LifecycleHandler {
     }
 }
 
-fn admin_get(path: &str) -> HTTPGetAction {
-    HTTPGetAction {
-        path: Some(path.to_string()),
-        port: IntOrString::String(ADMIN_PORT_NAME.to_string()),
-        ..HTTPGetAction::default()
+/// A probe of the admin endpoint at `path`.
+pub(super) fn admin_probe(path: &str) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_string()),
+            port: IntOrString::String(ADMIN_PORT_NAME.to_string()),
+            ..HTTPGetAction::default()
+        }),
+        ..Probe::default()
     }
 }
 
-/// Where a probe looks: the admin endpoint at `path`, or in `Sleep` mode (no admin listener)
-/// whether the main port accepts connections.
-fn target(spec: &GracefulServiceSpec, path: &str) -> Probe {
+/// Where the app container's probes look: its admin endpoint at `path`, or, for an app without
+/// the admin contract, whether its main port accepts connections.
+fn app_target(spec: &GracefulServiceSpec, path: &str) -> Probe {
+    let tcp = |name: &str| Probe {
+        tcp_socket: Some(TCPSocketAction {
+            port: IntOrString::String(name.to_string()),
+            host: None,
+        }),
+        ..Probe::default()
+    };
     match spec.shutdown.mode {
-        ShutdownMode::Admin => Probe {
-            http_get: Some(admin_get(path)),
-            ..Probe::default()
-        },
-        ShutdownMode::Sleep => Probe {
-            tcp_socket: Some(TCPSocketAction {
-                port: IntOrString::String(MAIN_PORT_NAME.to_string()),
-                host: None,
-            }),
-            ..Probe::default()
-        },
+        ShutdownMode::Admin => admin_probe(path),
+        ShutdownMode::Sleep => tcp(MAIN_PORT_NAME),
+        ShutdownMode::Sidecar => tcp(APP_PORT_NAME),
     }
 }
 
 /// Readiness is polled every second by default so a pod joins (and, on failure, leaves) the
 /// endpoints fast; draining does not depend on it because a terminating endpoint is never ready.
-fn readiness(spec: &GracefulServiceSpec) -> Probe {
+pub(super) fn readiness(spec: &GracefulServiceSpec, target: &Probe) -> Probe {
     let timing = spec
         .probes
         .as_ref()
@@ -184,26 +217,18 @@ fn readiness(spec: &GracefulServiceSpec) -> Probe {
         timeout_seconds: Some(timeout_seconds.unwrap_or(1)),
         failure_threshold: Some(failure_threshold.unwrap_or(1)),
         success_threshold: Some(success_threshold.unwrap_or(1)),
-        ..target(spec, &spec.paths.readiness)
+        ..target.clone()
     }
 }
 
-fn liveness(spec: &GracefulServiceSpec) -> Probe {
+pub(super) fn liveness(spec: &GracefulServiceSpec, target: &Probe) -> Probe {
     let timing = spec.probes.as_ref().and_then(|p| p.liveness.clone());
-    timed(
-        target(spec, &spec.paths.liveness),
-        &timing.unwrap_or_default(),
-        (10, 2, 3),
-    )
+    timed(target.clone(), &timing.unwrap_or_default(), (10, 2, 3))
 }
 
-fn startup(spec: &GracefulServiceSpec) -> Option<Probe> {
+pub(super) fn startup(spec: &GracefulServiceSpec, target: &Probe) -> Option<Probe> {
     let timing = spec.probes.as_ref()?.startup.as_ref()?;
-    Some(timed(
-        target(spec, &spec.paths.liveness),
-        timing,
-        (1, 1, 300),
-    ))
+    Some(timed(target.clone(), timing, (1, 1, 300)))
 }
 
 /// `probe` with `timing`, unset fields taken from `(period, timeout, failures)`.
@@ -217,7 +242,7 @@ fn timed(probe: Probe, timing: &ProbeTiming, defaults: (i32, i32, i32)) -> Probe
 }
 
 /// The user's variables first, then the contract variables, which therefore win. In `Sleep`
-/// mode the app knows no contract, so only the user's variables are set.
+/// and `Sidecar` mode the app knows no contract, so only the user's variables are set.
 fn env(spec: &GracefulServiceSpec, token: &str) -> Vec<EnvVar> {
     let user = spec
         .env
@@ -227,17 +252,35 @@ fn env(spec: &GracefulServiceSpec, token: &str) -> Vec<EnvVar> {
     if spec.shutdown.mode != ShutdownMode::Admin {
         return user.collect();
     }
-    let ms = |seconds: i32| (i64::from(seconds) * 1000).to_string();
+    let max_work = (
+        "GRACEFUL_MAX_WORK_MS",
+        ms(spec.shutdown.max_request_seconds),
+    );
+    user.chain(contract_env(spec, token, spec.ports.main, [max_work]))
+        .collect()
+}
+
+pub(super) fn ms(seconds: i32) -> String {
+    (i64::from(seconds) * 1000).to_string()
+}
+
+/// The variables of the protocol every drain-capable process reads (docs/architecture.md):
+/// listening on `port`, plus `extra`.
+pub(super) fn contract_env<const N: usize>(
+    spec: &GracefulServiceSpec,
+    token: &str,
+    port: i32,
+    extra: [(&str, String); N],
+) -> impl Iterator<Item = EnvVar> {
     let shutdown = &spec.shutdown;
     let contract = [
-        ("GRACEFUL_PORT", spec.ports.main.to_string()),
+        ("GRACEFUL_PORT", port.to_string()),
         ("GRACEFUL_ADMIN_PORT", spec.ports.admin.to_string()),
         ("GRACEFUL_DRAIN_DELAY_MS", ms(shutdown.drain_delay_seconds)),
         (
             "GRACEFUL_SHUTDOWN_TIMEOUT_MS",
             shutdown.app_shutdown_timeout_ms().to_string(),
         ),
-        ("GRACEFUL_MAX_WORK_MS", ms(shutdown.max_request_seconds)),
         ("GRACEFUL_PRESTOP_PATH", spec.paths.pre_stop.clone()),
         ("GRACEFUL_READINESS_PATH", spec.paths.readiness.clone()),
         ("GRACEFUL_LIVENESS_PATH", spec.paths.liveness.clone()),
@@ -249,12 +292,15 @@ fn env(spec: &GracefulServiceSpec, token: &str) -> Vec<EnvVar> {
         ),
         (TOKEN_ENV, token.to_string()),
     ];
-    user.chain(contract.into_iter().map(|(name, value)| EnvVar {
-        name: name.to_string(),
-        value: Some(value),
-        value_from: None,
-    }))
-    .collect()
+    contract
+        .into_iter()
+        .map(|(name, value)| (name.to_string(), value))
+        .chain(extra.map(|(name, value)| (name.to_string(), value)))
+        .map(|(name, value)| EnvVar {
+            name,
+            value: Some(value),
+            value_from: None,
+        })
 }
 
 #[cfg(test)]

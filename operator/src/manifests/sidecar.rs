@@ -1,0 +1,56 @@
+//! `Sidecar` mode: the drain proxy, a native sidecar (an init container with `restartPolicy:
+//! Always`) in front of an app that knows nothing of the protocol.
+//!
+//! The Service targets the proxy's `http` port; the proxy forwards to the app's main port over
+//! the pod's loopback. The app container's preStop hook calls the proxy's preStop path, which
+//! turns readiness off, holds the drain delay and waits for the requests in flight to the app,
+//! so the kubelet's SIGTERM finds the app idle. Native sidecars stop after the main containers,
+//! so the proxy outlives the app. The proxy is the bundled app's image with another entrypoint.
+
+use k8s_openapi::api::core::v1::Container;
+
+use super::pod::{
+    ADMIN_PORT_NAME, MAIN_PORT_NAME, admin_probe, contract_env, liveness, ms, port, readiness,
+    restricted, startup,
+};
+use crate::crd::{DEFAULT_IMAGE, GracefulServiceSpec};
+
+/// Name of the drain proxy's container.
+pub const PROXY_CONTAINER: &str = "drain-proxy";
+/// The proxy's program inside its image.
+pub const PROXY_COMMAND: &str = "/usr/local/bin/graceful-drain-proxy";
+
+/// The drain proxy container for `spec`, carrying the preStop `token`.
+pub fn container(spec: &GracefulServiceSpec, token: &str) -> Container {
+    let image = spec
+        .shutdown
+        .proxy_image
+        .clone()
+        .unwrap_or_else(|| DEFAULT_IMAGE.to_string());
+    let extra = [
+        (
+            "GRACEFUL_PROXY_UPSTREAM",
+            format!("127.0.0.1:{}", spec.ports.main),
+        ),
+        (
+            "GRACEFUL_MAX_REQUEST_MS",
+            ms(spec.shutdown.max_request_seconds),
+        ),
+    ];
+    Container {
+        name: PROXY_CONTAINER.to_string(),
+        image: Some(image),
+        command: Some(vec![PROXY_COMMAND.to_string()]),
+        restart_policy: Some("Always".to_string()),
+        env: Some(contract_env(spec, token, spec.ports.proxy, extra).collect()),
+        ports: Some(vec![
+            port(MAIN_PORT_NAME, spec.ports.proxy),
+            port(ADMIN_PORT_NAME, spec.ports.admin),
+        ]),
+        readiness_probe: Some(readiness(spec, &admin_probe(&spec.paths.readiness))),
+        liveness_probe: Some(liveness(spec, &admin_probe(&spec.paths.liveness))),
+        startup_probe: startup(spec, &admin_probe(&spec.paths.liveness)),
+        security_context: Some(restricted(true)),
+        ..Container::default()
+    }
+}
