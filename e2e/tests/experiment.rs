@@ -60,13 +60,15 @@ fn deletions(r: &RunReport) -> usize {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rolling_update_loses_no_request_with_graceful_service_and_some_without()
+async fn rolling_update_loses_no_request_with_graceful_service_or_sidecar_and_some_without()
 -> anyhow::Result<()> {
     testbed::skip_without_cluster!();
     let cluster = cluster().await?;
     let p = params(&cluster);
     let graceful = scenario::run(&cluster.client, Scenario::Rollout, Setup::Graceful, &p).await?;
     eprintln!("{}", describe(&graceful));
+    let sidecar = scenario::run(&cluster.client, Scenario::Rollout, Setup::Sidecar, &p).await?;
+    eprintln!("{}", describe(&sidecar));
     let naive = scenario::run(&cluster.client, Scenario::Rollout, Setup::Naive, &p).await?;
     eprintln!("{}", describe(&naive));
 
@@ -82,6 +84,9 @@ async fn rolling_update_loses_no_request_with_graceful_service_and_some_without(
         describe(&graceful)
     );
     assert_eq!(graceful.whole_run.errors, 0, "{}", describe(&graceful));
+    // The app that exits at once on SIGTERM, behind the drain proxy.
+    assert!(sidecar.whole_run.requests >= 200, "{}", describe(&sidecar));
+    assert_eq!(sidecar.whole_run.errors, 0, "{}", describe(&sidecar));
     assert!(
         naive.whole_run.errors >= 1,
         "the naive twin lost nothing: {}",
@@ -91,13 +96,15 @@ async fn rolling_update_loses_no_request_with_graceful_service_and_some_without(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn scale_down_loses_no_request_with_graceful_service_and_some_without() -> anyhow::Result<()>
+async fn scale_down_loses_no_request_with_graceful_service_or_sidecar_and_some_without() -> anyhow::Result<()>
 {
     testbed::skip_without_cluster!();
     let cluster = cluster().await?;
     let p = params(&cluster);
     let graceful = scenario::run(&cluster.client, Scenario::Scaledown, Setup::Graceful, &p).await?;
     eprintln!("{}", describe(&graceful));
+    let sidecar = scenario::run(&cluster.client, Scenario::Scaledown, Setup::Sidecar, &p).await?;
+    eprintln!("{}", describe(&sidecar));
     let naive = scenario::run(&cluster.client, Scenario::Scaledown, Setup::Naive, &p).await?;
     eprintln!("{}", describe(&naive));
 
@@ -119,6 +126,9 @@ async fn scale_down_loses_no_request_with_graceful_service_and_some_without() ->
         describe(&graceful)
     );
     assert_eq!(graceful.whole_run.errors, 0, "{}", describe(&graceful));
+    // The app that exits at once on SIGTERM, behind the drain proxy.
+    assert!(sidecar.whole_run.requests >= 200, "{}", describe(&sidecar));
+    assert_eq!(sidecar.whole_run.errors, 0, "{}", describe(&sidecar));
     assert!(
         naive.whole_run.errors >= 1,
         "the naive twin lost nothing: {}",

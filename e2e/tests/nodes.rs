@@ -18,6 +18,8 @@ mod support;
 #[allow(dead_code)]
 mod testbed_support;
 
+#[path = "nodes/sidecar_mode.rs"]
+mod sidecar_mode;
 #[path = "nodes/sleep_mode.rs"]
 mod sleep_mode;
 #[path = "nodes/stalls.rs"]

@@ -33,10 +33,13 @@ enum OperatorInstall {
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
-    /// Which scenario to run; each runs once graceful and once naive.
+    /// Which scenario to run; each runs once per setup.
     #[arg(long, value_enum, default_value_t = Which::All)]
     scenario: Which,
-    /// Run only the graceful setup (skip the naive twin).
+    /// The setups to run, in order (comma-separated): graceful, sidecar, naive.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Setup::Graceful, Setup::Sidecar, Setup::Naive])]
+    setups: Vec<Setup>,
+    /// Run only the graceful setup (the same as `--setups graceful`).
     #[arg(long)]
     graceful_only: bool,
     /// Minimum load time per run, in seconds; the change is applied after a quarter of it.
@@ -194,7 +197,7 @@ async fn run(args: &Args, cluster: &mut Cluster, command: &str) -> anyhow::Resul
     let setups: &[Setup] = if args.graceful_only {
         &[Setup::Graceful]
     } else {
-        &[Setup::Graceful, Setup::Naive]
+        &args.setups
     };
     let mut runs = Vec::new();
     for &sc in scenarios {

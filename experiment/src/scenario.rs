@@ -28,11 +28,14 @@ pub enum Scenario {
     Scaledown,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Setup {
     /// A GracefulService, reconciled by the operator.
     Graceful,
+    /// A GracefulService in `Sidecar` mode whose app exits at once on SIGTERM: the drain proxy
+    /// carries the protocol for it.
+    Sidecar,
     /// A plain Deployment: no preStop, no readiness probe.
     Naive,
 }
@@ -50,6 +53,7 @@ impl std::fmt::Display for Setup {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Setup::Graceful => "graceful",
+            Setup::Sidecar => "sidecar",
             Setup::Naive => "naive",
         })
     }
@@ -249,10 +253,13 @@ async fn drive(
 async fn apply(client: &Client, ns: &str, setup: Setup, app: &AppSpec) -> anyhow::Result<()> {
     let pp = PatchParams::apply(FIELD_MANAGER).force();
     match setup {
-        Setup::Graceful => {
+        Setup::Graceful | Setup::Sidecar => {
             let api: Api<DynamicObject> =
                 Api::namespaced_with(client.clone(), ns, &gsvc_resource());
-            let obj = workloads::graceful_service(ns, app);
+            let obj = match setup {
+                Setup::Sidecar => workloads::sidecar_service(ns, app),
+                _ => workloads::graceful_service(ns, app),
+            };
             api.patch(WORKLOAD, &pp, &Patch::Apply(&obj)).await?;
         }
         Setup::Naive => {

@@ -1,6 +1,8 @@
-//! The two setups under test, as Kubernetes objects: the graceful one (a GracefulService the
-//! operator turns into a Deployment, Service and PDB) and the naive twin (a plain Deployment of
-//! the same app with no preStop hook and no readiness probe, and a NodePort Service).
+//! The setups under test, as Kubernetes objects: the graceful one (a GracefulService the
+//! operator turns into a Deployment, Service and PDB), the sidecar one (a GracefulService in
+//! `Sidecar` mode running the same app made naive: it exits at once on SIGTERM) and the naive
+//! twin (a plain Deployment of the same app with no preStop hook and no readiness probe, and a
+//! NodePort Service).
 
 use std::collections::BTreeMap;
 
@@ -136,6 +138,16 @@ pub fn graceful_service(namespace: &str, app: &AppSpec) -> serde_json::Value {
     })
 }
 
+/// The sidecar setup: the same app turned into one that knows nothing of the protocol (it exits
+/// at once on SIGTERM; its admin listener moved off the proxy's port and unused), behind the
+/// drain proxy of `Sidecar` mode.
+pub fn sidecar_service(namespace: &str, app: &AppSpec) -> serde_json::Value {
+    let mut gsvc = graceful_service(namespace, app);
+    gsvc["spec"]["shutdown"] = json!({ "mode": "Sidecar" });
+    gsvc["spec"]["args"] = json!(["--shutdown-mode", "immediate", "--admin-port", "9091"]);
+    gsvc
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -170,6 +182,10 @@ mod tests {
         let g = graceful_service("ns", &app());
         assert_eq!(g["spec"]["image"], "ghcr.io/graceful-dev/graceful-app:v1");
         assert_eq!(g["spec"]["env"][0]["value"], "1000");
+        let s = sidecar_service("ns", &app());
+        assert_eq!(s["spec"]["image"], g["spec"]["image"]);
+        assert_eq!(s["spec"]["shutdown"]["mode"], "Sidecar");
+        assert_eq!(s["spec"]["args"][1], "immediate");
         assert_eq!(
             naive_service("ns").spec.unwrap().type_.as_deref(),
             Some("NodePort")
