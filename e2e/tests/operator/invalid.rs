@@ -170,8 +170,13 @@ fn cases() -> Vec<(&'static str, Value, &'static str)> {
         ),
         (
             "shutdown mode unknown",
-            json!({"shutdown": {"mode": "Sidecar"}}),
-            "Unsupported value: \"Sidecar\"",
+            json!({"shutdown": {"mode": "Exec"}}),
+            "Unsupported value: \"Exec\"",
+        ),
+        (
+            "proxy port on the main port",
+            json!({"ports": {"proxy": 8080}}),
+            "ports.proxy must differ from ports.main and ports.admin",
         ),
         (
             "readiness period 0",
