@@ -96,8 +96,8 @@ async fn rolling_update_loses_no_request_with_graceful_service_or_sidecar_and_so
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn scale_down_loses_no_request_with_graceful_service_or_sidecar_and_some_without() -> anyhow::Result<()>
-{
+async fn scale_down_loses_no_request_with_graceful_service_or_sidecar_and_some_without()
+-> anyhow::Result<()> {
     testbed::skip_without_cluster!();
     let cluster = cluster().await?;
     let p = params(&cluster);

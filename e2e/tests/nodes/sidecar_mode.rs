@@ -108,6 +108,9 @@ async fn without_the_sidecar_an_app_that_exits_at_once_loses_requests() -> Resul
     let _turn = NODES.lock().await;
     let report = rollout_and_walk("no-sidecar", ShutdownMode::Sleep).await?;
     eprintln!("Sleep mode, app exits at once, rollout of 4 + walk 4 -> 1: {report}");
-    assert!(report.errors() > 0, "no error without the sidecar: {report}");
+    assert!(
+        report.errors() > 0,
+        "no error without the sidecar: {report}"
+    );
     Ok(())
 }
