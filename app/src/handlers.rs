@@ -1,16 +1,38 @@
-//! The main listener: `GET /` answers a small body after an artificial work time.
+//! The bundled app's main listener: `GET /` answers a small body after an artificial work time.
 
 use std::convert::Infallible;
-use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 
+use crate::config::AppConfig;
 use crate::context::{AppContext, HttpResponse};
+
+/// The app's own work: how long a request takes, and what it answers.
+pub struct AppWork {
+    pub default_work: Duration,
+    pub max_work: Duration,
+    /// Body of `GET /`, computed once.
+    pub hello_body: Bytes,
+}
+
+impl AppWork {
+    pub fn new(config: &AppConfig) -> Self {
+        // HOSTNAME is the pod name in Kubernetes: it tells a client which replica answered.
+        let instance = std::env::var("HOSTNAME").unwrap_or_else(|_| "graceful-app".to_owned());
+        Self {
+            default_work: config.default_work(),
+            max_work: config.max_work(),
+            hello_body: Bytes::from(format!("hello from {instance}\n")),
+        }
+    }
+}
 
 /// Handles one request on the main listener.
 pub async fn main_handler<B>(
-    ctx: Arc<AppContext>,
+    ctx: &AppContext,
+    work: &AppWork,
     request: Request<B>,
 ) -> Result<HttpResponse, Infallible> {
     let _in_flight = ctx.metrics.request_started();
@@ -20,18 +42,17 @@ pub async fn main_handler<B>(
     if request.method() != Method::GET && request.method() != Method::HEAD {
         return Ok(ctx.respond(StatusCode::METHOD_NOT_ALLOWED, "use GET\n"));
     }
-    let work = match requested_work(request.uri().query(), ctx.default_work, ctx.max_work) {
-        Ok(work) => work,
+    let delay = match requested_work(request.uri().query(), work.default_work, work.max_work) {
+        Ok(delay) => delay,
         Err(message) => return Ok(ctx.respond(StatusCode::BAD_REQUEST, message)),
     };
-    if !work.is_zero() {
-        tokio::time::sleep(work).await;
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
     }
     // The drain state is read after the work, so a request that started before the drain
     // still tells its client to reconnect elsewhere.
-    Ok(ctx.respond(StatusCode::OK, ctx.hello_body.clone()))
+    Ok(ctx.respond(StatusCode::OK, work.hello_body.clone()))
 }
-
 /// The work time a request asks for: `work_ms=N` from the query (capped at `cap`), or the
 /// default when absent.
 pub fn requested_work(

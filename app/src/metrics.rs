@@ -37,6 +37,7 @@ pub struct Metrics {
     ready: Gauge,
     prestop_refused: Counter,
     prestop_reverted: Counter,
+    upstream_errors: Counter,
 }
 
 impl Default for Metrics {
@@ -55,6 +56,7 @@ impl Metrics {
         let ready = Gauge::default();
         let prestop_refused = Counter::default();
         let prestop_reverted = Counter::default();
+        let upstream_errors = Counter::default();
         registry.register(
             "requests",
             "Requests answered on the main listener",
@@ -90,6 +92,12 @@ impl Metrics {
             "Drains started by preStop that no SIGTERM followed in time, so readiness came back",
             prestop_reverted.clone(),
         );
+        registry.register(
+            "proxy_upstream_errors",
+            "Requests the drain proxy answered itself with 502 or 504 because the app failed or \
+             took longer than the longest request (always 0 in graceful-app)",
+            upstream_errors.clone(),
+        );
         Self {
             registry: Arc::new(registry),
             requests,
@@ -99,13 +107,28 @@ impl Metrics {
             ready,
             prestop_refused,
             prestop_reverted,
+            upstream_errors,
         }
     }
 
     /// Counts one main-listener request in flight until the guard drops (also on cancellation).
-    pub fn request_started(&self) -> InFlightGuard<'_> {
+    /// The guard owns its counters, so the proxy can keep it alive until the response body has
+    /// been streamed to the end.
+    pub fn request_started(&self) -> InFlightGuard {
         self.in_flight.inc();
-        InFlightGuard { metrics: self }
+        InFlightGuard {
+            in_flight: self.in_flight.clone(),
+            requests: self.requests.clone(),
+        }
+    }
+
+    /// Main-listener requests in flight right now.
+    pub fn in_flight(&self) -> i64 {
+        self.in_flight.get()
+    }
+
+    pub fn upstream_error(&self) {
+        self.upstream_errors.inc();
     }
 
     /// Counts one open connection until the guard drops.
@@ -147,14 +170,15 @@ impl Metrics {
 }
 
 /// Decrements the in-flight gauge and counts the request as served when dropped.
-pub struct InFlightGuard<'a> {
-    metrics: &'a Metrics,
+pub struct InFlightGuard {
+    in_flight: Gauge,
+    requests: Counter,
 }
 
-impl Drop for InFlightGuard<'_> {
+impl Drop for InFlightGuard {
     fn drop(&mut self) {
-        self.metrics.in_flight.dec();
-        self.metrics.requests.inc();
+        self.in_flight.dec();
+        self.requests.inc();
     }
 }
 
@@ -190,6 +214,10 @@ mod tests {
             assert!(text.contains("graceful_ready 0"), "{text}");
             assert!(text.contains("graceful_prestop_refused_total 0"), "{text}");
             assert!(text.contains("graceful_prestop_reverted_total 0"), "{text}");
+            assert!(
+                text.contains("graceful_proxy_upstream_errors_total 0"),
+                "{text}"
+            );
         }
         let text = metrics.render().unwrap();
         assert!(text.contains("graceful_requests_total 1"), "{text}");

@@ -11,16 +11,16 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
-use hyper::server::conn::http1;
-use hyper_util::rt::TokioTimer;
+use hyper::server::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
 use crate::bind::bind_listeners;
-use crate::config::{Config, ShutdownMode};
+use crate::config::{ServerConfig, ShutdownMode};
 use crate::connection::{self, ConnectionSettings};
-use crate::context::AppContext;
+use crate::context::{AppContext, Workload};
 use crate::error::AppError;
 use crate::metrics::{ListenerKind, Metrics};
 use crate::shutdown::Signals;
@@ -28,12 +28,26 @@ use crate::state::{Lifecycle, Phase};
 
 /// Pause after a failed accept (for example EMFILE), so a persistent error cannot spin the CPU.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(20);
+/// HTTP/2 keep-alive pings: a peer that vanished without a FIN is found within interval plus
+/// timeout and its connection closed, instead of holding a slot until the drain.
+const H2_PING_INTERVAL: Duration = Duration::from_secs(30);
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Runs the app until a termination signal, then drains. Returns Ok after a complete drain.
-pub async fn run(config: Config) -> Result<(), AppError> {
+/// Runs `workload` until a termination signal, then drains. Returns Ok after a complete
+/// drain. `program` names the binary in the one "listening" line on stdout.
+pub async fn run(
+    program: &'static str,
+    config: &ServerConfig,
+    workload: Workload,
+) -> Result<(), AppError> {
     let lifecycle = Lifecycle::new();
     let metrics = Metrics::new();
-    let ctx = Arc::new(AppContext::new(&config, lifecycle.clone(), metrics.clone()));
+    let ctx = Arc::new(AppContext::new(
+        config,
+        workload,
+        lifecycle.clone(),
+        metrics.clone(),
+    ));
     // Installed before binding: a SIGTERM that arrives while starting still drains cleanly.
     let mut signals = Signals::install()?;
 
@@ -45,25 +59,27 @@ pub async fn run(config: Config) -> Result<(), AppError> {
     // once, and both listeners are bound (connections wait in the backlog until the accept
     // loops run).
     lifecycle.advance(Phase::Serving);
-    announce(main_addr, admin_addr);
-    announce_prestop_guard(&config);
+    announce(program, main_addr, admin_addr);
+    announce_prestop_guard(config);
     // Reverts a preStop drain that no SIGTERM follows; ends by itself on termination.
     tokio::spawn({
         let ctx = ctx.clone();
         async move { ctx.admin.revert.run().await }
     });
 
-    let settings = |kind| ConnectionSettings {
-        kind,
-        http: http_builder(
-            &config,
-            match kind {
-                ListenerKind::Main => config.header_read_timeout(),
-                ListenerKind::Admin => config.admin_header_read_timeout(),
-            },
-        ),
-        first_request_grace: config.first_request_grace(),
-        write_timeout: config.write_timeout(),
+    let settings = |kind| {
+        let header_read_timeout = match kind {
+            ListenerKind::Main => config.header_read_timeout(),
+            ListenerKind::Admin => config.admin_header_read_timeout(),
+        };
+        ConnectionSettings {
+            kind,
+            http1: http1_builder(config, header_read_timeout),
+            http2: http2_builder(config),
+            header_read_timeout,
+            first_request_grace: config.first_request_grace(),
+            write_timeout: config.write_timeout(),
+        }
     };
     let main_loop = tokio::spawn(accept_loop(
         main_listener,
@@ -129,13 +145,13 @@ fn local_addr(kind: ListenerKind, listener: &TcpListener) -> Result<SocketAddr, 
 }
 
 /// Prints the one stdout line that scripts and tests parse to learn the bound ports (useful
-/// with port 0): `graceful-app listening main=<addr> admin=<addr>`.
-fn announce(main_addr: SocketAddr, admin_addr: SocketAddr) {
+/// with port 0): `<program> listening main=<addr> admin=<addr>`.
+fn announce(program: &str, main_addr: SocketAddr, admin_addr: SocketAddr) {
     use std::io::Write;
     let mut stdout = std::io::stdout().lock();
     let written = writeln!(
         stdout,
-        "graceful-app listening main={main_addr} admin={admin_addr}"
+        "{program} listening main={main_addr} admin={admin_addr}"
     )
     .and_then(|()| stdout.flush());
     if let Err(error) = written {
@@ -146,7 +162,7 @@ fn announce(main_addr: SocketAddr, admin_addr: SocketAddr) {
 }
 
 /// Says once how the preStop path is guarded; never the token itself.
-fn announce_prestop_guard(config: &Config) {
+fn announce_prestop_guard(config: &ServerConfig) {
     if config.prestop_token.is_some() {
         info!(
             path = %config.prestop_path,
@@ -162,13 +178,24 @@ fn announce_prestop_guard(config: &Config) {
 }
 
 /// The HTTP/1 settings that keep slow or malformed clients from pinning the process.
-fn http_builder(config: &Config, header_read_timeout: Duration) -> http1::Builder {
+fn http1_builder(config: &ServerConfig, header_read_timeout: Duration) -> http1::Builder {
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(header_read_timeout)
         .max_header_size(usize::try_from(config.max_header_bytes).unwrap_or(usize::MAX))
         .keep_alive(true);
+    builder
+}
+
+/// The HTTP/2 (h2c) settings: the same header limit, and pings that find vanished peers.
+fn http2_builder(config: &ServerConfig) -> http2::Builder<TokioExecutor> {
+    let mut builder = http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX))
+        .keep_alive_interval(Some(H2_PING_INTERVAL))
+        .keep_alive_timeout(H2_PING_TIMEOUT);
     builder
 }
 

@@ -1,18 +1,18 @@
 //! The lifecycle of the process as one phase, shared by both listeners.
 //!
-//! Readiness, `Connection: close` and the end of the preStop hold are all read from this one
-//! value, so they can never disagree. The phase moves forward, with one exception: a drain that
-//! preStop started and no SIGTERM followed in time goes back to Serving (see prestop.rs), so a
-//! stray or abandoned preStop call cannot keep a healthy pod out of its Service forever.
-//! Terminating is final.
+//! Readiness, `Connection: close`, GOAWAY and the end of the preStop hold are all read from
+//! this one value, so they can never disagree. The phase moves forward, with one exception: a
+//! drain that preStop started and no SIGTERM followed in time goes back to Serving (see
+//! prestop.rs), so a stray or abandoned preStop call cannot keep a healthy pod out of its
+//! Service forever. Terminating is final.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 
 use tokio::sync::watch;
 
-/// Where the process is in its life. Phases only move forward, except Draining -> Serving
-/// through [`Lifecycle::revert_drain`]; Terminating is never left.
+/// Where the process is in its life. Phases only move forward, except Draining or Closing ->
+/// Serving through [`Lifecycle::revert_drain`]; Terminating is never left.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 #[repr(u8)]
 pub enum Phase {
@@ -20,8 +20,13 @@ pub enum Phase {
     Starting,
     /// Both listeners are bound and nothing asked to drain: ready.
     Serving,
-    /// /prestop was called: not ready, every response carries `Connection: close`.
+    /// /prestop was called: not ready, every HTTP/1 response carries `Connection: close`, and
+    /// HTTP/2 connections get GOAWAY once they have sent their first request.
     Draining,
+    /// The preStop hold is over: the endpoint has left the proxies, so every connection closes
+    /// once its requests are answered (idle ones at once), while preStop waits for the last
+    /// request in flight. The listeners still accept: a late client gets one answer.
+    Closing,
     /// SIGTERM/SIGINT arrived: listeners stop accepting, connections finish and close.
     Terminating,
 }
@@ -32,6 +37,7 @@ impl Phase {
             0 => Phase::Starting,
             1 => Phase::Serving,
             2 => Phase::Draining,
+            3 => Phase::Closing,
             _ => Phase::Terminating,
         }
     }
@@ -89,14 +95,15 @@ impl Lifecycle {
         })
     }
 
-    /// The one step back: Draining -> Serving, only if the phase is Draining at this instant;
+    /// The one step back: Draining or Closing -> Serving, only if the phase is one of them at
+    /// this instant;
     /// returns true when it changed the phase. It runs under the same lock as
     /// [`Lifecycle::advance`], so it is a compare-and-swap against a concurrent SIGTERM: if
     /// Terminating came first nothing changes, and a Terminating that comes after wins as
     /// always.
     pub fn revert_drain(&self) -> bool {
         self.phase.send_if_modified(|current| {
-            if *current == Phase::Draining {
+            if matches!(*current, Phase::Draining | Phase::Closing) {
                 *current = Phase::Serving;
                 self.current.store(Phase::Serving as u8, Ordering::Release);
                 true
@@ -106,8 +113,10 @@ impl Lifecycle {
         })
     }
 
-    /// Waits until the phase has reached at least `target`. Meant for Terminating, which is
-    /// final: a wait for Draining could miss a drain that was reverted before it looked.
+    /// Waits until the phase has reached at least `target`. Exact for Terminating, which is
+    /// final. A wait for Draining or Closing could miss a drain reverted before the waiter
+    /// looked; a revert comes a whole revert period (60 s by default) after the drain began,
+    /// so a connection that misses it only closes at SIGTERM instead.
     pub async fn reached(&self, target: Phase) {
         let mut rx = self.phase.subscribe();
         // The sender lives in `self`, so `wait_for` cannot fail while we are borrowed.
@@ -142,6 +151,9 @@ mod tests {
         assert!(lifecycle.revert_drain());
         assert_eq!(lifecycle.phase(), Phase::Serving);
         assert!(lifecycle.phase().is_ready() && !lifecycle.phase().is_draining());
+        assert!(lifecycle.advance(Phase::Closing), "Serving -> Closing");
+        assert!(lifecycle.revert_drain(), "Closing did not revert");
+        assert_eq!(lifecycle.phase(), Phase::Serving);
         assert!(
             lifecycle.advance(Phase::Draining),
             "a second drain after a revert"
@@ -173,6 +185,7 @@ mod tests {
         assert!(!Phase::Starting.is_ready() && !Phase::Starting.is_draining());
         assert!(Phase::Serving.is_ready() && !Phase::Serving.is_draining());
         assert!(!Phase::Draining.is_ready() && Phase::Draining.is_draining());
+        assert!(!Phase::Closing.is_ready() && Phase::Closing.is_draining());
         assert!(!Phase::Terminating.is_ready() && Phase::Terminating.is_draining());
     }
 

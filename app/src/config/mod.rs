@@ -1,10 +1,19 @@
 //! Command-line flags. Every flag also reads an environment variable, because the operator
 //! configures the container through env vars (see docs/architecture.md, "The app's contract").
+//!
+//! [`ServerConfig`] holds what both binaries share (listeners, the drain, the preStop guards,
+//! the limits on hostile clients); `app.rs` and `proxy.rs` add what only one of them needs.
+
+mod app;
+mod proxy;
+
+pub use app::AppConfig;
+pub use proxy::{ProxyConfig, UpstreamProtocol};
 
 use std::net::IpAddr;
 use std::time::Duration;
 
-use clap::{CommandFactory, Parser, ValueEnum};
+use clap::{Args, Parser, ValueEnum};
 
 use crate::prestop::PrestopToken;
 
@@ -30,11 +39,9 @@ pub enum LogFormat {
     Json,
 }
 
-/// The bundled graceful HTTP app: a main listener for the workload and an admin listener for
-/// preStop, readiness, liveness and metrics.
-#[derive(Clone, Debug, Parser)]
-#[command(name = "graceful-app", version, about)]
-pub struct Config {
+/// The flags of the listeners and the drain, shared by the app and the drain proxy.
+#[derive(Clone, Debug, Args)]
+pub struct ServerConfig {
     /// Address both listeners bind to. Without it: `::` dual-stack (IPv6 and IPv4 alike, so a
     /// pod answers whichever family the cluster uses), falling back to `0.0.0.0` on a host
     /// without IPv6. Given explicitly, exactly that address is bound, or the process fails.
@@ -48,14 +55,6 @@ pub struct Config {
     /// Port of the admin listener (/prestop, /readyz, /livez, /metrics); 0 picks a free port.
     #[arg(long, env = "GRACEFUL_ADMIN_PORT", default_value_t = 9090)]
     pub admin_port: u16,
-
-    /// Artificial work time of every `GET /`, in milliseconds.
-    #[arg(long, env = "GRACEFUL_WORK_MS", default_value_t = 0)]
-    pub work_ms: u64,
-
-    /// Cap on the per-request `?work_ms=N` query parameter, in milliseconds.
-    #[arg(long, env = "GRACEFUL_MAX_WORK_MS", default_value_t = 30_000)]
-    pub max_work_ms: u64,
 
     /// How long /prestop holds after flipping readiness to false, in milliseconds, so the
     /// endpoint can leave every proxy before the kubelet sends SIGTERM.
@@ -144,18 +143,19 @@ pub struct Config {
     pub log_format: LogFormat,
 }
 
-impl Config {
-    /// Parses flags and env vars; on bad input prints the message and exits with code 2.
-    pub fn from_args() -> Self {
-        let config = Config::parse();
-        if let Err(message) = config.validate() {
-            Config::command()
-                .error(clap::error::ErrorKind::ArgumentConflict, message)
-                .exit();
-        }
-        config
+/// Parses flags and env vars into `T`; on bad input (clap's own, or `validate`'s) prints the
+/// message and exits with code 2.
+pub fn parse_or_exit<T: Parser>(validate: impl Fn(&T) -> Result<(), String>) -> T {
+    let config = T::parse();
+    if let Err(message) = validate(&config) {
+        T::command()
+            .error(clap::error::ErrorKind::ArgumentConflict, message)
+            .exit();
     }
+    config
+}
 
+impl ServerConfig {
     /// Checks rules that span several flags.
     pub fn validate(&self) -> Result<(), String> {
         if self.port != 0 && self.port == self.admin_port {
@@ -213,14 +213,6 @@ impl Config {
         Ok(())
     }
 
-    pub fn default_work(&self) -> Duration {
-        Duration::from_millis(self.work_ms)
-    }
-
-    pub fn max_work(&self) -> Duration {
-        Duration::from_millis(self.max_work_ms)
-    }
-
     pub fn prestop_revert(&self) -> Duration {
         Duration::from_millis(self.prestop_revert_ms)
     }
@@ -254,8 +246,9 @@ impl Config {
 mod tests {
     use super::*;
 
-    fn parse(args: &[&str]) -> Result<Config, clap::Error> {
-        Config::try_parse_from(std::iter::once("graceful-app").chain(args.iter().copied()))
+    fn parse(args: &[&str]) -> Result<ServerConfig, clap::Error> {
+        AppConfig::try_parse_from(std::iter::once("graceful-app").chain(args.iter().copied()))
+            .map(|config| config.server)
     }
 
     #[test]
