@@ -16,10 +16,14 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked -p graceful-app -p graceful-operator \
  && mkdir -p /out \
- && cp target/release/graceful-app target/release/graceful-operator /out/
+ && cp target/release/graceful-app target/release/graceful-drain-proxy \
+       target/release/graceful-operator /out/
 
 FROM gcr.io/distroless/cc-debian12:nonroot AS app
 COPY --from=build /out/graceful-app /usr/local/bin/graceful-app
+# The drain proxy rides in the app's image: shutdown.mode Sidecar runs it as a native sidecar
+# with `command: [/usr/local/bin/graceful-drain-proxy]` (its ports come from the operator).
+COPY --from=build /out/graceful-drain-proxy /usr/local/bin/graceful-drain-proxy
 USER 65532:65532
 # 8080: main listener (the Service's port). 9090: admin listener (preStop, probes, metrics).
 EXPOSE 8080 9090

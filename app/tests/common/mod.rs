@@ -16,6 +16,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_graceful-app");
+pub const PROXY_BIN: &str = env!("CARGO_BIN_EXE_graceful-drain-proxy");
 
 /// A running graceful-app. Dropping it kills the process.
 pub struct App {
@@ -49,14 +50,31 @@ impl App {
         Self::spawn(None, args, "debug")
     }
 
+    /// Starts graceful-drain-proxy in front of `upstream`, like [`App::start`].
+    pub fn start_proxy(upstream: SocketAddr, args: &[&str]) -> anyhow::Result<App> {
+        let upstream = upstream.to_string();
+        let mut all = vec!["--upstream", upstream.as_str()];
+        all.extend_from_slice(args);
+        Self::spawn_program(PROXY_BIN, Some("127.0.0.1"), &all, "debug")
+    }
+
     fn spawn(bind: Option<&str>, args: &[&str], level: &str) -> anyhow::Result<App> {
+        Self::spawn_program(BIN, bind, args, level)
+    }
+
+    fn spawn_program(
+        program: &str,
+        bind: Option<&str>,
+        args: &[&str],
+        level: &str,
+    ) -> anyhow::Result<App> {
         let log = std::env::temp_dir().join(format!(
             "graceful-app-test-{}-{}.log",
             std::process::id(),
             NEXT_LOG.fetch_add(1, Ordering::SeqCst)
         ));
         let log_file = std::fs::File::create(&log)?;
-        let mut command = Command::new(BIN);
+        let mut command = Command::new(program);
         if let Some(bind) = bind {
             command.args(["--bind", bind]);
         }
@@ -68,13 +86,13 @@ impl App {
             .stdout(Stdio::piped())
             .stderr(log_file)
             .spawn()
-            .context("spawning graceful-app")?;
+            .with_context(|| format!("spawning {program}"))?;
         let stdout = child.stdout.take().context("no stdout")?;
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
-                if line.starts_with("graceful-app listening ") {
+                if line.contains(" listening main=") {
                     let _ = tx.send(line);
                 }
             }
