@@ -1,10 +1,25 @@
-//! Bounded HTTP/1.1 load generator with latency statistics.
+//! Bounded HTTP load generator (HTTP/1.1, or h2c) with latency statistics.
 //!
 //! Test and benchmark tooling (never shipped). [`run`] drives N concurrent workers against one
 //! address until a request budget or a deadline is used up, whichever comes first. Every
 //! request is recorded: when it started, how long it took, its status or the kind of error. A
 //! failed request is an error, never silently retried; a worker only opens a new connection
-//! when the server closed the previous one between requests (`Connection: close` or EOF).
+//! when the server closed the previous one between requests (`Connection: close` or EOF, and
+//! for HTTP/2 a GOAWAY).
+//!
+//! One exception, in [`ConnectionMode::Http2`] only: a request the server provably did not
+//! process (hyper never wrote it because the connection had received GOAWAY or closed, or the
+//! server refused its stream with REFUSED_STREAM) is sent once more on a new connection and
+//! recorded as one request whose latency includes both attempts. Real gRPC and h2 clients
+//! retry such requests transparently, since the server never saw them; without it a server
+//! that drains with GOAWAY could not be told apart from one that drops calls.
+//!
+//! A caveat of hyper 1.12's h2 client on a multi-thread runtime: when a GOAWAY lands while
+//! hyper's dispatch task is between opening a request's stream and its next readiness check,
+//! hyper fails that request with the GOAWAY's error although the request was sent (and the
+//! server may be running it). loadgen cannot tell that from a stream the server refused by
+//! its GOAWAY, so it counts an error rather than risk running a request twice. A
+//! current-thread runtime does not have that race.
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
@@ -17,6 +32,7 @@
 //! # Ok(()) }
 //! ```
 
+mod conn;
 mod control;
 mod record;
 mod report;

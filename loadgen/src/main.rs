@@ -10,9 +10,13 @@ use loadgen::{ConnectionMode, Control, LoadSpec};
 enum Mode {
     KeepAlive,
     Close,
+    /// h2c with prior knowledge: one HTTP/2 connection per worker, one stream at a time.
+    #[value(name = "h2")]
+    Http2,
 }
 
-/// Bounded HTTP/1.1 load: stops after --requests or --duration-ms, whichever comes first.
+/// Bounded HTTP load (HTTP/1.1, or h2c): stops after --requests or --duration-ms, whichever
+/// comes first.
 #[derive(Debug, Parser)]
 #[command(name = "loadgen", version, about)]
 struct Args {
@@ -31,7 +35,8 @@ struct Args {
     /// Most time, in milliseconds.
     #[arg(long, default_value_t = 10_000)]
     duration_ms: u64,
-    /// Reuse connections or open one per request.
+    /// Reuse HTTP/1.1 connections (keep-alive), open one per request (close), or use one h2c
+    /// connection per worker (h2).
     #[arg(long, value_enum, default_value_t = Mode::KeepAlive)]
     mode: Mode,
     /// Bound on one request, in milliseconds.
@@ -53,6 +58,7 @@ async fn main() -> anyhow::Result<()> {
         .mode(match args.mode {
             Mode::KeepAlive => ConnectionMode::KeepAlive,
             Mode::Close => ConnectionMode::Close,
+            Mode::Http2 => ConnectionMode::Http2,
         });
     let report = loadgen::run(spec, Control::new()).await?;
     println!("{report}");

@@ -12,6 +12,11 @@ pub enum ConnectionMode {
     KeepAlive,
     /// One new connection per request (`Connection: close` on every request).
     Close,
+    /// HTTP/2 over cleartext with prior knowledge (h2c): one long-lived connection per worker,
+    /// one stream at a time on it. A new connection only when the server closed it or sent
+    /// GOAWAY (found before or while sending the next request); a request the server provably
+    /// did not process is sent once more on a new connection (see the crate docs).
+    Http2,
 }
 
 /// The load of one run. Both bounds apply: whichever comes first ends the run.
