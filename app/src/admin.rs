@@ -9,9 +9,9 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::config::METRICS_PATH;
-use crate::context::{AppContext, HttpResponse};
 #[cfg(doc)]
 use crate::context::Workload;
+use crate::context::{AppContext, HttpResponse};
 use crate::state::Phase;
 
 /// How often preStop looks at the requests in flight while it waits for the last one.

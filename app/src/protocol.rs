@@ -62,7 +62,14 @@ mod tests {
     fn the_preface_means_http2_and_anything_else_http1() {
         assert_eq!(classify(PREFACE), Some(Protocol::Http2));
         assert_eq!(classify(b"PRI "), Some(Protocol::Http2));
-        for http1 in [&b"GET / HTTP/1.1\r\n"[..], b"POST", b"PUT ", b"PATCH", b"X", b"\r\n"] {
+        for http1 in [
+            &b"GET / HTTP/1.1\r\n"[..],
+            b"POST",
+            b"PUT ",
+            b"PATCH",
+            b"X",
+            b"\r\n",
+        ] {
             assert_eq!(classify(http1), Some(Protocol::Http1), "{http1:?}");
         }
         for undecided in [&b""[..], b"P", b"PR", b"PRI"] {

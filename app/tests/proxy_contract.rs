@@ -40,7 +40,10 @@ async fn ready_only_with_the_app_and_guarded_by_the_token() -> anyhow::Result<()
         &["--prestop-token", "t0ken", "--drain-delay-ms", "200"],
     )?;
     let ready = || get(proxy.admin, "/readyz").is_ok_and(|response| response.status == 200);
-    assert!(eventually(Duration::from_secs(5), ready).await, "never ready");
+    assert!(
+        eventually(Duration::from_secs(5), ready).await,
+        "never ready"
+    );
 
     let answer = get(proxy.main, "/?work_ms=5")?;
     assert_eq!(answer.status, 200);

@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::{App, eventually, get};
+use loadgen::ConnectionMode;
 use nix::sys::signal::Signal;
 
 /// What one run of the sequence showed.
@@ -22,8 +23,14 @@ struct Run {
     proxy_exit: Option<std::process::ExitStatus>,
 }
 
-fn load(target: SocketAddr, work_ms: u64, clients: usize) -> loadgen::LoadSpec {
+fn load(
+    target: SocketAddr,
+    work_ms: u64,
+    clients: usize,
+    mode: ConnectionMode,
+) -> loadgen::LoadSpec {
     loadgen::LoadSpec::new(target, format!("/?work_ms={work_ms}"))
+        .mode(mode)
         .concurrency(clients)
         .max_requests(200_000)
         .duration(Duration::from_secs(30))
@@ -34,7 +41,7 @@ fn load(target: SocketAddr, work_ms: u64, clients: usize) -> loadgen::LoadSpec {
 /// preStop on the admin port (the proxy's, or the naive app's own) holds 1 s; 300 ms in, no new
 /// connection reaches the pod any more; when preStop returns, the app gets SIGTERM (and exits at
 /// once), then the proxy gets its own, as a native sidecar does after the main containers.
-async fn sequence(with_proxy: bool) -> anyhow::Result<Run> {
+async fn sequence(with_proxy: bool, mode: ConnectionMode) -> anyhow::Result<Run> {
     let mut app = App::start(&["--shutdown-mode", "immediate", "--drain-delay-ms", "1000"])?;
     let mut proxy = if with_proxy {
         Some(App::start_proxy(
@@ -56,10 +63,10 @@ async fn sequence(with_proxy: bool) -> anyhow::Result<Run> {
         "never ready"
     );
     let control = loadgen::Control::new();
-    let short = tokio::spawn(loadgen::run(load(target, 100, 100), control.clone()));
+    let short = tokio::spawn(loadgen::run(load(target, 100, 100, mode), control.clone()));
     tokio::time::sleep(Duration::from_millis(1_000)).await;
     // 2 s requests, started 0.5 s before preStop: in flight when the hold ends.
-    let long = tokio::spawn(loadgen::run(load(target, 2_000, 10), control.clone()));
+    let long = tokio::spawn(loadgen::run(load(target, 2_000, 10, mode), control.clone()));
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     let prestop_called = Instant::now();
@@ -117,7 +124,17 @@ async fn sequence(with_proxy: bool) -> anyhow::Result<Run> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_app_that_exits_at_once_loses_nothing_behind_the_proxy() -> anyhow::Result<()> {
-    let run = sequence(true).await?;
+    assert_lossless(sequence(true, ConnectionMode::KeepAlive).await?)
+}
+
+/// h2c clients in front, HTTP/1.1 to the app: GOAWAY moves the clients, the wait covers the
+/// app. Current-thread: see h2_drain.rs for why.
+#[tokio::test(flavor = "current_thread")]
+async fn h2c_clients_lose_nothing_behind_the_proxy() -> anyhow::Result<()> {
+    assert_lossless(sequence(true, ConnectionMode::Http2).await?)
+}
+
+fn assert_lossless(run: Run) -> anyhow::Result<()> {
     eprintln!("short:\n{}\nlong:\n{}", run.short, run.long);
     assert!(run.readyz_turned_503, "the proxy never turned unready");
     let hold_end = run.prestop_called + Duration::from_millis(1_000);
@@ -144,7 +161,7 @@ async fn an_app_that_exits_at_once_loses_nothing_behind_the_proxy() -> anyhow::R
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_app_without_the_proxy_loses_requests() -> anyhow::Result<()> {
-    let run = sequence(false).await?;
+    let run = sequence(false, ConnectionMode::KeepAlive).await?;
     eprintln!("short:\n{}\nlong:\n{}", run.short, run.long);
     assert!(
         run.short.errors() + run.long.errors() > 0,

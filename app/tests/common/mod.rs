@@ -338,8 +338,14 @@ impl DrainRun {
     }
 }
 
-fn load_spec(target: SocketAddr, work_ms: u64, clients: usize) -> loadgen::LoadSpec {
+fn load_spec(
+    target: SocketAddr,
+    work_ms: u64,
+    clients: usize,
+    mode: loadgen::ConnectionMode,
+) -> loadgen::LoadSpec {
     loadgen::LoadSpec::new(target, format!("/?work_ms={work_ms}"))
+        .mode(mode)
         .concurrency(clients)
         .max_requests(200_000)
         .duration(Duration::from_secs(30))
@@ -354,16 +360,30 @@ fn load_spec(target: SocketAddr, work_ms: u64, clients: usize) -> loadgen::LoadS
 ///    connection); every response now says `Connection: close`, so those connections end;
 /// 3. when /prestop returns, SIGTERM. The 2 s requests are still in flight then.
 pub async fn drain_under_load(extra_args: &[&str]) -> anyhow::Result<DrainRun> {
+    drain_under_load_with(loadgen::ConnectionMode::KeepAlive, extra_args).await
+}
+
+/// [`drain_under_load`] with clients of another connection mode (h2c, for one).
+pub async fn drain_under_load_with(
+    mode: loadgen::ConnectionMode,
+    extra_args: &[&str],
+) -> anyhow::Result<DrainRun> {
     let mut args = vec!["--drain-delay-ms", "1000", "--shutdown-timeout-ms", "15000"];
     args.extend_from_slice(extra_args);
     let mut app = App::start(&args)?;
     let proxy = loadgen::Control::new();
-    let short = tokio::spawn(loadgen::run(load_spec(app.main, 100, 200), proxy.clone()));
+    let short = tokio::spawn(loadgen::run(
+        load_spec(app.main, 100, 200, mode),
+        proxy.clone(),
+    ));
     // Constant load for a while before the drain starts.
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     // Long requests start 0.5 s before /prestop and run 2 s: SIGTERM comes ~1 s after
     // /prestop, so they are in flight then, with ~0.5 s of work left.
-    let long = tokio::spawn(loadgen::run(load_spec(app.main, 2_000, 20), proxy.clone()));
+    let long = tokio::spawn(loadgen::run(
+        load_spec(app.main, 2_000, 20, mode),
+        proxy.clone(),
+    ));
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     let admin = app.admin;
