@@ -18,6 +18,8 @@ mod support;
 #[allow(dead_code)]
 mod testbed_support;
 
+#[path = "nodes/h2c_rollout.rs"]
+mod h2c_rollout;
 #[path = "nodes/sidecar_mode.rs"]
 mod sidecar_mode;
 #[path = "nodes/sleep_mode.rs"]

@@ -17,9 +17,12 @@ use super::common::setup;
 use super::support::{Operator, create_gsvc, eventually, wait_stable};
 use super::{NODES, node_port, spec};
 
-/// Keep-alive load of 100 ms requests through node 0.
-fn keep_alive_load(
+const KEEP_ALIVE: loadgen::ConnectionMode = loadgen::ConnectionMode::KeepAlive;
+
+/// Load of 100 ms requests through node 0, over long-lived connections (`KeepAlive` or h2c).
+fn long_lived_load(
     port: u16,
+    mode: loadgen::ConnectionMode,
 ) -> (
     loadgen::Control,
     tokio::task::JoinHandle<Result<loadgen::Report>>,
@@ -32,7 +35,7 @@ fn keep_alive_load(
         .concurrency(16)
         .max_requests(200_000)
         .duration(Duration::from_secs(240))
-        .mode(loadgen::ConnectionMode::KeepAlive)
+        .mode(mode)
         .request_timeout(Duration::from_secs(5));
     let control = loadgen::Control::new();
     let task = tokio::spawn({
@@ -42,20 +45,27 @@ fn keep_alive_load(
     (control, task)
 }
 
-/// A rolling update (a pod annotation changed) and a walk 4 -> 1 of the naive app in `mode`,
-/// under keep-alive load; returns the load.
-async fn rollout_and_walk(prefix: &str, mode: ShutdownMode) -> Result<loadgen::Report> {
+/// The bundled app made naive: it exits at once on SIGTERM, and its admin listener sits on a
+/// port that nothing calls.
+pub(super) const NAIVE_APP: [&str; 4] = ["--shutdown-mode", "immediate", "--admin-port", "9091"];
+
+/// A rolling update (a pod annotation changed) and a walk 4 -> 1 of the app run with
+/// `app_args` in `mode`, under `load` over long-lived connections; returns the load.
+pub(super) async fn rollout_and_walk(
+    prefix: &str,
+    mode: ShutdownMode,
+    app_args: &[&str],
+    load: loadgen::ConnectionMode,
+) -> Result<loadgen::Report> {
     let s = setup(prefix).await?;
     let _operator = Operator::start(s.tb, &s.ns)?;
     let mut spec = spec(4);
     spec.shutdown.mode = mode;
-    spec.args = ["--shutdown-mode", "immediate", "--admin-port", "9091"]
-        .map(String::from)
-        .to_vec();
+    spec.args = app_args.iter().map(|arg| arg.to_string()).collect();
     create_gsvc(&s.client, &s.ns, "web", spec).await?;
     wait_stable(&s.client, &s.ns, "web", 4).await?;
     let port = node_port(&s.client, &s.ns, "web").await?;
-    let (control, load) = keep_alive_load(port);
+    let (control, load) = long_lived_load(port, load);
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     let gsvcs: Api<GracefulService> = Api::namespaced(s.client.clone(), &s.ns);
@@ -95,7 +105,7 @@ async fn rollout_and_walk(prefix: &str, mode: ShutdownMode) -> Result<loadgen::R
 async fn sidecar_mode_keeps_an_app_that_exits_at_once_lossless() -> Result<()> {
     testbed::skip_without_cluster!();
     let _turn = NODES.lock().await;
-    let report = rollout_and_walk("sidecar", ShutdownMode::Sidecar).await?;
+    let report = rollout_and_walk("sidecar", ShutdownMode::Sidecar, &NAIVE_APP, KEEP_ALIVE).await?;
     eprintln!("Sidecar mode, app exits at once, rollout of 4 + walk 4 -> 1: {report}");
     assert_eq!(report.errors(), 0, "{report}");
     Ok(())
@@ -106,7 +116,7 @@ async fn sidecar_mode_keeps_an_app_that_exits_at_once_lossless() -> Result<()> {
 async fn without_the_sidecar_an_app_that_exits_at_once_loses_requests() -> Result<()> {
     testbed::skip_without_cluster!();
     let _turn = NODES.lock().await;
-    let report = rollout_and_walk("no-sidecar", ShutdownMode::Sleep).await?;
+    let report = rollout_and_walk("no-sidecar", ShutdownMode::Sleep, &NAIVE_APP, KEEP_ALIVE).await?;
     eprintln!("Sleep mode, app exits at once, rollout of 4 + walk 4 -> 1: {report}");
     assert!(
         report.errors() > 0,
