@@ -14,6 +14,7 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+mod support;
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpStream};
@@ -22,8 +23,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use common::{App, connect, read_response, send_get};
-use loadgen::{Control, LoadSpec, Report};
+use loadgen::Report;
 use nix::sys::signal::Signal;
+use support::{env_u64, line, load_path, ms, vm_rss_kib};
 
 const HELLO_ROLE: &str = "GRACEFUL_BENCH_ROLE";
 
@@ -43,13 +45,6 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(report())
-}
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
 
 async fn report() -> anyhow::Result<()> {
@@ -81,27 +76,7 @@ async fn report() -> anyhow::Result<()> {
 // 1. Throughput
 
 async fn load(target: SocketAddr, seconds: u64, concurrency: usize) -> anyhow::Result<Report> {
-    let spec = LoadSpec::new(target, "/")
-        .concurrency(concurrency)
-        .max_requests(u64::MAX / 2)
-        .duration(Duration::from_secs(seconds))
-        .request_timeout(Duration::from_secs(10));
-    loadgen::run(spec, Control::new()).await
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
-
-fn line(name: &str, report: &Report) -> String {
-    let stats = report.latency();
-    format!(
-        "{name:<12} {:>10.0} req/s  p50 {:>7.3} ms  p99 {:>7.3} ms  errors {}",
-        report.throughput(),
-        stats.map_or(f64::NAN, |s| ms(s.p50)),
-        stats.map_or(f64::NAN, |s| ms(s.p99)),
-        report.errors()
-    )
+    load_path(target, "/", seconds, concurrency).await
 }
 
 async fn throughput(seconds: u64, concurrency: usize, rounds: u64) -> anyhow::Result<()> {
@@ -223,15 +198,6 @@ fn drain_time() -> anyhow::Result<()> {
 
 // ---------------------------------------------------------------------------------------------
 // 3. Memory
-
-fn vm_rss_kib(pid: i32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("no VmRSS")
-}
 
 fn memory() -> anyhow::Result<()> {
     const CONNECTIONS: usize = 1_000;

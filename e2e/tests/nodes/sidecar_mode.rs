@@ -116,7 +116,8 @@ async fn sidecar_mode_keeps_an_app_that_exits_at_once_lossless() -> Result<()> {
 async fn without_the_sidecar_an_app_that_exits_at_once_loses_requests() -> Result<()> {
     testbed::skip_without_cluster!();
     let _turn = NODES.lock().await;
-    let report = rollout_and_walk("no-sidecar", ShutdownMode::Sleep, &NAIVE_APP, KEEP_ALIVE).await?;
+    let report =
+        rollout_and_walk("no-sidecar", ShutdownMode::Sleep, &NAIVE_APP, KEEP_ALIVE).await?;
     eprintln!("Sleep mode, app exits at once, rollout of 4 + walk 4 -> 1: {report}");
     assert!(
         report.errors() > 0,

@@ -65,8 +65,8 @@ async fn walk_in_sleep_mode(prefix: &str, drain_delay_seconds: i32) -> Result<lo
 async fn sleep_mode_walk_under_load_loses_nothing() -> Result<()> {
     testbed::skip_without_cluster!();
     let _turn = NODES.lock().await;
-    let report = walk_in_sleep_mode("sleep-mode", 3).await?;
-    eprintln!("Sleep mode, 3 s preStop sleep, 4 -> 1: {report}");
+    let report = walk_in_sleep_mode("sleep-mode", 5).await?;
+    eprintln!("Sleep mode, 5 s preStop sleep, 4 -> 1: {report}");
     assert_eq!(report.errors(), 0, "{report}");
     Ok(())
 }

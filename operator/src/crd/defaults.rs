@@ -4,8 +4,8 @@
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::{
-    DEFAULT_IMAGE, GracefulServiceSpec, PathsSpec, PortsSpec, RolloutSpec, ScaleDownSpec,
-    ServiceSpec, ShutdownSpec,
+    AppProtocol, DEFAULT_IMAGE, GracefulServiceSpec, PathsSpec, PortsSpec, RolloutSpec,
+    ScaleDownSpec, ServiceSpec, ShutdownSpec,
 };
 
 pub(super) fn replicas() -> i32 {
@@ -63,6 +63,7 @@ impl Default for PortsSpec {
             main: main_port(),
             admin: admin_port(),
             proxy: proxy_port(),
+            app_protocol: AppProtocol::default(),
         }
     }
 }

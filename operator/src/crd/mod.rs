@@ -11,11 +11,13 @@ use serde::{Deserialize, Serialize};
 
 mod defaults;
 mod pod;
+mod ports;
 
 pub use pod::{
     APP_CONTAINER, PodSpecOverlay, PodTemplateOverlay, ProbeTiming, ProbesSpec, ReadinessProbeSpec,
     TemplateMetadata,
 };
+pub use ports::{AppProtocol, PortsSpec};
 
 /// API group of the resource.
 pub const GROUP: &str = "graceful.dev";
@@ -121,28 +123,6 @@ pub struct GracefulServiceSpec {
     /// context, scheduling, volumes, extra containers, pod labels and annotations.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template: Option<PodTemplateOverlay>,
-}
-
-/// Ports of the app's two listeners.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("self.main != self.admin").message("ports.main and ports.admin must differ"))]
-#[x_kube(validation = Rule::new("self.proxy != self.main && self.proxy != self.admin").message("ports.proxy must differ from ports.main and ports.admin"))]
-pub struct PortsSpec {
-    /// Port of the main listener, the only one the Service exposes.
-    #[serde(default = "defaults::main_port")]
-    #[schemars(range(min = 1, max = 65535))]
-    pub main: i32,
-    /// Port of the admin listener (preStop, probes, metrics); never exposed through the Service.
-    /// In `Sidecar` mode it is the drain proxy's.
-    #[serde(default = "defaults::admin_port")]
-    #[schemars(range(min = 1, max = 65535))]
-    pub admin: i32,
-    /// `Sidecar` mode only: the port the drain proxy listens on and the Service targets; the
-    /// proxy forwards to the app's `main` port over the pod's loopback.
-    #[serde(default = "defaults::proxy_port")]
-    #[schemars(range(min = 1, max = 65535))]
-    pub proxy: i32,
 }
 
 /// Admin endpoints of the app.

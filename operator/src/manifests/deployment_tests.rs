@@ -369,6 +369,10 @@ fn sidecar_mode_puts_the_drain_proxy_in_front_of_the_app() {
         proxy_env("GRACEFUL_MAX_REQUEST_MS").as_deref(),
         Some("10000")
     );
+    assert_eq!(
+        proxy_env("GRACEFUL_PROXY_UPSTREAM_PROTOCOL").as_deref(),
+        Some("http1")
+    );
     assert_eq!(proxy_env(pod::TOKEN_ENV).as_deref(), Some(TOKEN));
     assert_eq!(pod::recorded_token(Some(&d)).as_deref(), Some(TOKEN));
     let ready = proxy
@@ -403,4 +407,28 @@ fn sidecar_mode_puts_the_drain_proxy_in_front_of_the_app() {
     assert_eq!(tcp.port, IntOrString::String("app".into()));
     let names: Vec<_> = app.env.iter().flatten().map(|v| v.name.as_str()).collect();
     assert_eq!(names, ["A"]);
+}
+
+#[test]
+fn h2c_marks_the_service_port_and_makes_the_proxy_speak_h2c() {
+    use crate::crd::{AppProtocol, ShutdownMode};
+    let mut spec = GracefulServiceSpec::default();
+    let service = crate::manifests::service::build(&test_owner("web"), &spec);
+    let port = &service.spec.unwrap().ports.unwrap()[0];
+    assert_eq!(port.app_protocol, None, "plain HTTP gets no appProtocol");
+
+    spec.ports.app_protocol = AppProtocol::H2c;
+    spec.shutdown.mode = ShutdownMode::Sidecar;
+    let service = crate::manifests::service::build(&test_owner("web"), &spec);
+    let port = &service.spec.unwrap().ports.unwrap()[0];
+    assert_eq!(port.app_protocol.as_deref(), Some("kubernetes.io/h2c"));
+    let d = make(&spec, 1, &StepClock::default());
+    let proxy = &pod_of(&d).init_containers.as_ref().unwrap()[0];
+    let protocol = proxy
+        .env
+        .iter()
+        .flatten()
+        .find(|v| v.name == "GRACEFUL_PROXY_UPSTREAM_PROTOCOL")
+        .and_then(|v| v.value.clone());
+    assert_eq!(protocol.as_deref(), Some("h2c"));
 }

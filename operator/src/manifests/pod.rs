@@ -26,7 +26,7 @@ pub const TOKEN_HEADER: &str = "X-Graceful-Prestop-Token";
 /// Environment variable giving the app the token [`TOKEN_HEADER`] must carry.
 pub const TOKEN_ENV: &str = "GRACEFUL_PRESTOP_TOKEN";
 /// Environment variables the operator sets; a spec may not set them itself.
-pub const RESERVED_ENV: [&str; 12] = [
+pub const RESERVED_ENV: [&str; 13] = [
     "GRACEFUL_PORT",
     "GRACEFUL_ADMIN_PORT",
     "GRACEFUL_DRAIN_DELAY_MS",
@@ -37,6 +37,7 @@ pub const RESERVED_ENV: [&str; 12] = [
     "GRACEFUL_LIVENESS_PATH",
     "GRACEFUL_PRESTOP_REVERT_MS",
     "GRACEFUL_PROXY_UPSTREAM",
+    "GRACEFUL_PROXY_UPSTREAM_PROTOCOL",
     "GRACEFUL_MAX_REQUEST_MS",
     TOKEN_ENV,
 ];

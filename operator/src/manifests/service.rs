@@ -5,7 +5,11 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::Owner;
 use super::pod::MAIN_PORT_NAME;
-use crate::crd::{GracefulServiceSpec, ServiceType, selector_labels};
+use crate::crd::{AppProtocol, GracefulServiceSpec, ServiceType, selector_labels};
+
+/// The Service port's `appProtocol` for h2c (a standard value: KEP-3726), which tells proxies
+/// and meshes to speak HTTP/2 over cleartext to the pods.
+pub const H2C_APP_PROTOCOL: &str = "kubernetes.io/h2c";
 
 /// The Service for `spec`.
 pub fn build(owner: &Owner, spec: &GracefulServiceSpec) -> Service {
@@ -28,7 +32,10 @@ pub fn build(owner: &Owner, spec: &GracefulServiceSpec) -> Service {
                 target_port: Some(IntOrString::String(MAIN_PORT_NAME.to_string())),
                 node_port,
                 protocol: Some("TCP".to_string()),
-                ..ServicePort::default()
+                app_protocol: match spec.ports.app_protocol {
+                    AppProtocol::Http => None,
+                    AppProtocol::H2c => Some(H2C_APP_PROTOCOL.to_string()),
+                },
             }]),
             ..K8sServiceSpec::default()
         }),

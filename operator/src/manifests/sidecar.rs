@@ -13,7 +13,7 @@ use super::pod::{
     ADMIN_PORT_NAME, MAIN_PORT_NAME, admin_probe, contract_env, liveness, ms, port, readiness,
     restricted, startup,
 };
-use crate::crd::{DEFAULT_IMAGE, GracefulServiceSpec};
+use crate::crd::{AppProtocol, DEFAULT_IMAGE, GracefulServiceSpec};
 
 /// Name of the drain proxy's container.
 pub const PROXY_CONTAINER: &str = "drain-proxy";
@@ -31,6 +31,14 @@ pub fn container(spec: &GracefulServiceSpec, token: &str) -> Container {
         (
             "GRACEFUL_PROXY_UPSTREAM",
             format!("127.0.0.1:{}", spec.ports.main),
+        ),
+        (
+            "GRACEFUL_PROXY_UPSTREAM_PROTOCOL",
+            match spec.ports.app_protocol {
+                AppProtocol::Http => "http1",
+                AppProtocol::H2c => "h2c",
+            }
+            .to_string(),
         ),
         (
             "GRACEFUL_MAX_REQUEST_MS",
