@@ -4,8 +4,10 @@
 //! graceful-app process is loaded directly and through a graceful-drain-proxy in front of it,
 //! in alternating rounds, by the same in-process load generator; per round, the throughput ratio
 //! (through the proxy / direct) and the p50 and p99 differences; the median over rounds is the
-//! headline. Then the proxy's resident memory, idle and with 1,000 open client connections: what
-//! the sidecar adds to each pod.
+//! headline. The proxy's CPU time per forwarded request (from /proc) is the figure that does
+//! not depend on how many cores the load generator, the app and the proxy share. Then the
+//! proxy's resident memory, after the load and with 1,000 open client connections: what the
+//! sidecar adds to each pod.
 //!
 //! Knobs (env): BENCH_SECONDS (per round, default 2), BENCH_CONCURRENCY (default 64),
 //! BENCH_ROUNDS (default 7), BENCH_WORK_MS (comma-separated work times, default "0,5").
@@ -53,10 +55,14 @@ async fn report() -> anyhow::Result<()> {
         load_path(app.main, &path, 1, concurrency).await?;
         load_path(proxy.main, &path, 1, concurrency).await?;
         let (mut ratios, mut p50s, mut p99s) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut proxy_cpu, mut proxied_requests) = (Duration::ZERO, 0_usize);
         println!("\nwork {work} ms:");
         for round in 1..=rounds {
             let direct = load_path(app.main, &path, seconds, concurrency).await?;
+            let cpu_before = cpu_time(proxy.pid().as_raw())?;
             let proxied = load_path(proxy.main, &path, seconds, concurrency).await?;
+            proxy_cpu += cpu_time(proxy.pid().as_raw())?.saturating_sub(cpu_before);
+            proxied_requests += proxied.count();
             println!("  round {round}: {}", line("app alone", &direct));
             println!("  round {round}: {}", line("via proxy", &proxied));
             anyhow::ensure!(
@@ -76,8 +82,29 @@ async fn report() -> anyhow::Result<()> {
             median(&mut p50s),
             median(&mut p99s)
         );
+        println!(
+            "  proxy CPU time per forwarded request: {:.1} us",
+            proxy_cpu.as_secs_f64() * 1e6 / proxied_requests.max(1) as f64
+        );
     }
     memory(&proxy)
+}
+
+/// User plus system CPU time of a process so far (fields 14 and 15 of /proc/<pid>/stat, in
+/// clock ticks of 1/100 s, the value on Linux for every common architecture).
+fn cpu_time(pid: i32) -> anyhow::Result<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name (field 2) may hold spaces; the fields after its ')' are plain.
+    let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| -> anyhow::Result<u64> {
+        Ok(fields
+            .get(i)
+            .ok_or_else(|| anyhow::anyhow!("short stat"))?
+            .parse()?)
+    };
+    // After ')' the fields start at 3 (state): utime is field 14, stime 15.
+    Ok(Duration::from_millis((ticks(11)? + ticks(12)?) * 10))
 }
 
 fn memory(proxy: &App) -> anyhow::Result<()> {

@@ -19,18 +19,17 @@ use super::{NODES, node_port, spec};
 
 const KEEP_ALIVE: loadgen::ConnectionMode = loadgen::ConnectionMode::KeepAlive;
 
-/// Load of 100 ms requests through node 0, over long-lived connections (`KeepAlive` or h2c).
-fn long_lived_load(
+/// Load of 100 ms requests through node 0, over long-lived connections (`KeepAlive` or h2c),
+/// started once the service answers there.
+async fn long_lived_load(
     port: u16,
     mode: loadgen::ConnectionMode,
-) -> (
+) -> Result<(
     loadgen::Control,
     tokio::task::JoinHandle<Result<loadgen::Report>>,
-) {
-    let addr = testbed::shared().map_or_else(
-        |_| std::net::SocketAddr::from(([127, 0, 0, 1], port)),
-        |tb| tb.node_port_addr(port),
-    );
+)> {
+    let addr = super::node_addr(port);
+    super::until_served(addr).await?;
     let spec = loadgen::LoadSpec::new(addr, "/?work_ms=100")
         .concurrency(16)
         .max_requests(200_000)
@@ -42,7 +41,7 @@ fn long_lived_load(
         let control = control.clone();
         async move { loadgen::run(spec, control).await }
     });
-    (control, task)
+    Ok((control, task))
 }
 
 /// The bundled app made naive: it exits at once on SIGTERM, and its admin listener sits on a
@@ -65,7 +64,7 @@ pub(super) async fn rollout_and_walk(
     create_gsvc(&s.client, &s.ns, "web", spec).await?;
     wait_stable(&s.client, &s.ns, "web", 4).await?;
     let port = node_port(&s.client, &s.ns, "web").await?;
-    let (control, load) = long_lived_load(port, load);
+    let (control, load) = long_lived_load(port, load).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     let gsvcs: Api<GracefulService> = Api::namespaced(s.client.clone(), &s.ns);
@@ -107,7 +106,12 @@ async fn sidecar_mode_keeps_an_app_that_exits_at_once_lossless() -> Result<()> {
     let _turn = NODES.lock().await;
     let report = rollout_and_walk("sidecar", ShutdownMode::Sidecar, &NAIVE_APP, KEEP_ALIVE).await?;
     eprintln!("Sidecar mode, app exits at once, rollout of 4 + walk 4 -> 1: {report}");
-    assert_eq!(report.errors(), 0, "{report}");
+    assert_eq!(
+        report.errors(),
+        0,
+        "{report}\nfailed at {:?}",
+        super::failure_times(&report, 10)
+    );
     Ok(())
 }
 

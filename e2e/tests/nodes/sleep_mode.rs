@@ -50,7 +50,7 @@ async fn walk_in_sleep_mode(prefix: &str, drain_delay_seconds: i32) -> Result<lo
     ensure!(app.env.is_none(), "contract variables set in Sleep mode");
 
     let port = node_port(&s.client, &s.ns, "web").await?;
-    let (control, load) = start_load(port);
+    let (control, load) = start_load(port).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let api: Api<graceful_operator::GracefulService> = Api::namespaced(s.client.clone(), &s.ns);
     let patch = serde_json::json!({"spec": {"replicas": 1}});
@@ -67,7 +67,12 @@ async fn sleep_mode_walk_under_load_loses_nothing() -> Result<()> {
     let _turn = NODES.lock().await;
     let report = walk_in_sleep_mode("sleep-mode", 5).await?;
     eprintln!("Sleep mode, 5 s preStop sleep, 4 -> 1: {report}");
-    assert_eq!(report.errors(), 0, "{report}");
+    assert_eq!(
+        report.errors(),
+        0,
+        "{report}\nfailed at {:?}",
+        super::failure_times(&report, 10)
+    );
     Ok(())
 }
 

@@ -95,7 +95,7 @@ async fn serving(prefix: &str) -> Result<(super::common::Setup, Operator, Load)>
     create_gsvc(&s.client, &s.ns, "web", spec(FROM)).await?;
     wait_stable(&s.client, &s.ns, "web", FROM).await?;
     let port = node_port(&s.client, &s.ns, "web").await?;
-    let load = start_load(port);
+    let load = start_load(port).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     Ok((s, operator, load))
 }
