@@ -11,7 +11,7 @@ mod common;
 use common::drain_under_load_with;
 use loadgen::ConnectionMode;
 
-/// Passed in 4 local runs; in CI (two tests at a time on 2 cores) 5 of 3,753 short calls failed
+/// Passed in 2 local runs; in CI (two tests at a time on 2 cores) 5 of 3,753 short calls failed
 /// with the client's "GOAWAY" stream error, which loadgen does not retry (see its record.rs:
 /// hyper may report it for a stream it had sent). Whether the server or the client drops those
 /// streams is not shown yet. Run with `--ignored` until it is; the h2c proof on real nodes

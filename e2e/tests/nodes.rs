@@ -439,6 +439,16 @@ async fn kube_proxy_restarts() -> Result<loadgen::Report> {
     Ok(report)
 }
 
+/// Fails with the report and the times of its first failures when `report` lost anything.
+fn assert_lossless(report: &loadgen::Report) {
+    assert_eq!(
+        report.errors(),
+        0,
+        "{report}\nfailed at {:?}",
+        failure_times(report, 10)
+    );
+}
+
 /// When each failed request of `report` started, in UTC, to line up with the testbed's logs
 /// (kept with `testbed up --keep`): the first `most`.
 fn failure_times(report: &loadgen::Report, most: usize) -> Vec<String> {

@@ -19,12 +19,7 @@ async fn h2c_calls_survive_a_rollout_and_a_walk_with_goaway() -> Result<()> {
     let _turn = NODES.lock().await;
     let report = rollout_and_walk("h2c", ShutdownMode::Admin, &[], H2C).await?;
     eprintln!("h2c, Admin mode, rollout of 4 + walk 4 -> 1: {report}");
-    assert_eq!(
-        report.errors(),
-        0,
-        "{report}\nfailed at {:?}",
-        super::failure_times(&report, 10)
-    );
+    super::assert_lossless(&report);
     Ok(())
 }
 

@@ -106,12 +106,7 @@ async fn sidecar_mode_keeps_an_app_that_exits_at_once_lossless() -> Result<()> {
     let _turn = NODES.lock().await;
     let report = rollout_and_walk("sidecar", ShutdownMode::Sidecar, &NAIVE_APP, KEEP_ALIVE).await?;
     eprintln!("Sidecar mode, app exits at once, rollout of 4 + walk 4 -> 1: {report}");
-    assert_eq!(
-        report.errors(),
-        0,
-        "{report}\nfailed at {:?}",
-        super::failure_times(&report, 10)
-    );
+    super::assert_lossless(&report);
     Ok(())
 }
 

@@ -67,12 +67,7 @@ async fn sleep_mode_walk_under_load_loses_nothing() -> Result<()> {
     let _turn = NODES.lock().await;
     let report = walk_in_sleep_mode("sleep-mode", 5).await?;
     eprintln!("Sleep mode, 5 s preStop sleep, 4 -> 1: {report}");
-    assert_eq!(
-        report.errors(),
-        0,
-        "{report}\nfailed at {:?}",
-        super::failure_times(&report, 10)
-    );
+    super::assert_lossless(&report);
     Ok(())
 }
 
