@@ -122,6 +122,11 @@ impl Metrics {
         }
     }
 
+    /// Main-listener requests answered since start (the drain logs it on exit).
+    pub fn requests_answered(&self) -> u64 {
+        self.requests.get()
+    }
+
     /// Main-listener requests in flight right now.
     pub fn in_flight(&self) -> i64 {
         self.in_flight.get()

@@ -126,7 +126,10 @@ pub async fn run(
     .await;
     match drained {
         Ok(()) => {
-            info!("drained: every connection closed");
+            info!(
+                requests_answered = metrics.requests_answered(),
+                "drained: every connection closed"
+            );
             Ok(())
         }
         Err(_) => Err(AppError::ShutdownTimeout {

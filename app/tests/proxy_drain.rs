@@ -17,7 +17,6 @@ struct Run {
     short: loadgen::Report,
     long: loadgen::Report,
     prestop_called: Instant,
-    prestop_returned: Instant,
     readyz_turned_503: bool,
     upstream_errors: Option<String>,
     proxy_exit: Option<std::process::ExitStatus>,
@@ -84,7 +83,6 @@ async fn sequence(with_proxy: bool, mode: ConnectionMode) -> anyhow::Result<Run>
         "connects still under way after 10 s"
     );
     let status = prestop.await??.status;
-    let prestop_returned = Instant::now();
     anyhow::ensure!(status == 200, "preStop answered {status}");
 
     let upstream_errors = match &proxy {
@@ -115,7 +113,6 @@ async fn sequence(with_proxy: bool, mode: ConnectionMode) -> anyhow::Result<Run>
         short,
         long,
         prestop_called,
-        prestop_returned,
         readyz_turned_503,
         upstream_errors,
         proxy_exit,
@@ -128,9 +125,8 @@ async fn an_app_that_exits_at_once_loses_nothing_behind_the_proxy() -> anyhow::R
 }
 
 /// h2c clients in front, HTTP/1.1 to the app: GOAWAY moves the clients, the wait covers the
-/// app. Current-thread: see h2_drain.rs for why.
-#[tokio::test(flavor = "current_thread")]
-#[ignore = "open defect: the same GOAWAY stream errors as h2_drain.rs may hit it"]
+/// app.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2c_clients_lose_nothing_behind_the_proxy() -> anyhow::Result<()> {
     assert_lossless(sequence(true, ConnectionMode::Http2).await?)
 }
@@ -143,11 +139,10 @@ fn assert_lossless(run: Run) -> anyhow::Result<()> {
         run.long.in_flight_at(hold_end) > 0,
         "no long request in flight when the hold ended: the test proves nothing"
     );
-    assert_eq!(
-        run.long.in_flight_at(run.prestop_returned),
-        0,
-        "preStop returned with requests still in flight to the app"
-    );
+    // That preStop returned only once the app had answered them shows as no error: the app
+    // exits at once on SIGTERM, which cuts whatever it still serves (the twin below). The
+    // clients' own clocks are no measure of it: they read the last bytes after the proxy has
+    // them, later still on a busy machine.
     for report in [&run.short, &run.long] {
         assert_eq!(report.errors(), 0, "{:?}", report.errors_by_kind());
     }

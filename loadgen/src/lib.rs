@@ -8,18 +8,20 @@
 //! for HTTP/2 a GOAWAY).
 //!
 //! One exception, in [`ConnectionMode::Http2`] only: a request the server provably did not
-//! process (hyper never wrote it because the connection had received GOAWAY or closed, or the
-//! server refused its stream with REFUSED_STREAM) is sent once more on a new connection and
+//! process (hyper never wrote it because the connection had received GOAWAY or closed, the
+//! server refused its stream with REFUSED_STREAM, or its stream is above the last stream id of
+//! the server's GOAWAY) is sent once more on a new connection and
 //! recorded as one request whose latency includes both attempts. Real gRPC and h2 clients
 //! retry such requests transparently, since the server never saw them; without it a server
 //! that drains with GOAWAY could not be told apart from one that drops calls.
 //!
-//! A caveat of hyper 1.12's h2 client on a multi-thread runtime: when a GOAWAY lands while
-//! hyper's dispatch task is between opening a request's stream and its next readiness check,
-//! hyper fails that request with the GOAWAY's error although the request was sent (and the
-//! server may be running it). loadgen cannot tell that from a stream the server refused by
-//! its GOAWAY, so it counts an error rather than risk running a request twice. A
-//! current-thread runtime does not have that race.
+//! Why the h2 mode runs its workers on a single-threaded runtime of its own: hyper 1.12's h2
+//! client, after opening a request's stream, checks the connection once more and, if a GOAWAY
+//! arrived in between (only possible when another thread runs the connection), fails the
+//! request with the GOAWAY's error although the request was sent and the server may be running
+//! it. That error is the one h2 gives a stream the GOAWAY refused, which is safe to send again.
+//! On one thread the race cannot happen, so that error always means "refused" and is retried;
+//! tests/http2.rs counts what the server ran to show that no call runs twice.
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
@@ -50,6 +52,8 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Instant;
 
+use tokio::runtime::RuntimeFlavor;
+
 /// Runs the load described by `spec` and returns every request's record.
 ///
 /// `control` lets the caller stop the run early (see [`Control`]). The run ends when the
@@ -58,6 +62,32 @@ use std::time::Instant;
 /// record.
 pub async fn run(spec: LoadSpec, control: Control) -> anyhow::Result<Report> {
     spec.validate()?;
+    let multi_thread = tokio::runtime::Handle::try_current()
+        .is_ok_and(|handle| handle.runtime_flavor() != RuntimeFlavor::CurrentThread);
+    if spec.mode == ConnectionMode::Http2 && multi_thread {
+        return run_on_own_thread(spec, control).await;
+    }
+    run_here(spec, control).await
+}
+
+/// Runs the load on a current-thread runtime in a thread of its own (see the crate docs).
+async fn run_on_own_thread(spec: LoadSpec, control: Control) -> anyhow::Result<Report> {
+    let (done, report) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("loadgen-h2".to_owned())
+        .spawn(move || {
+            let result = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(anyhow::Error::from)
+                .and_then(|runtime| runtime.block_on(run_here(spec, control)));
+            // The caller may have stopped waiting; then nobody needs the report.
+            let _ = done.send(result);
+        })?;
+    report.await?
+}
+
+async fn run_here(spec: LoadSpec, control: Control) -> anyhow::Result<Report> {
     let started = Instant::now();
     let deadline = started + spec.duration;
     let budget = Arc::new(AtomicU64::new(0));

@@ -137,6 +137,8 @@ pub(crate) enum Unprocessed {
     ConnectionGone,
     /// The server reset the stream with REFUSED_STREAM.
     StreamRefused,
+    /// The stream's id is above the last stream id of the server's graceful GOAWAY.
+    AboveLastStream,
 }
 
 /// Whether a failed h2 send (before any response head) was provably never processed.
@@ -149,18 +151,17 @@ pub(crate) enum Unprocessed {
 ///   between two requests. Proof: nothing of the request was written.
 /// - an `h2::Error` from the peer's RST_STREAM with reason REFUSED_STREAM: the server closed
 ///   the stream "prior to any processing" (RFC 9113 §8.7). Proof by the protocol.
+/// - an `h2::Error` from the peer's GOAWAY with reason NO_ERROR (`is_go_away()`,
+///   `is_remote()`). h2 gives it to the open streams whose id is above the GOAWAY's last
+///   stream id (`recv_go_away` in h2's streams.rs), and to a stream still waiting when the
+///   connection then closes, which the client opened after that GOAWAY, so its id is above it
+///   too. A server "might have" processed only streams up to that id (RFC 9113 §6.8), and h2's
+///   server names there the highest stream whose HEADERS it received, then ignores every later
+///   stream. Proof by the protocol; the tests check it by counting what the server ran (a
+///   retry of a stream the server had run would count twice).
 ///
-/// Not retried: an `h2::Error` from the peer's GOAWAY (`is_go_away()`, reason NO_ERROR).
-/// h2 gives it to streams above the GOAWAY's last stream id, which the server did not process,
-/// but hyper also gives it to a request whose stream it had already opened and sent, when the
-/// GOAWAY lands between its dispatch task opening the stream and its next readiness check
-/// (possible on a multi-thread runtime only). With the graceful server of tests/http2.rs on a
-/// two-thread runtime, about one GOAWAY in ten did that to the request whose arrival made the
-/// server shut the connection down, a request the server was running. A retry could run such
-/// a request twice, so it counts as an error ([`ErrorKind::Reset`]).
-///
-/// Every other failure (a reset of an open stream, EOF, a timeout) may have happened with the
-/// server's work in progress, so it is an error too.
+/// Every other failure (a reset of an open stream, a GOAWAY with an error, EOF, a timeout) may
+/// have happened with the server's work in progress, so it is an error.
 pub(crate) fn unprocessed(error: &hyper::Error) -> Option<Unprocessed> {
     if error.is_canceled() {
         return Some(Unprocessed::ConnectionGone);
@@ -168,9 +169,15 @@ pub(crate) fn unprocessed(error: &hyper::Error) -> Option<Unprocessed> {
     let mut current = std::error::Error::source(error);
     while let Some(err) = current {
         if let Some(h2_error) = err.downcast_ref::<h2::Error>() {
+            let graceful = h2_error.reason() == Some(h2::Reason::NO_ERROR);
             let refused = h2_error.reason() == Some(h2::Reason::REFUSED_STREAM);
-            return (h2_error.is_reset() && h2_error.is_remote() && refused)
-                .then_some(Unprocessed::StreamRefused);
+            return if h2_error.is_reset() && h2_error.is_remote() && refused {
+                Some(Unprocessed::StreamRefused)
+            } else if h2_error.is_go_away() && h2_error.is_remote() && graceful {
+                Some(Unprocessed::AboveLastStream)
+            } else {
+                None
+            };
         }
         current = err.source();
     }

@@ -180,7 +180,8 @@ impl Worker {
 
     /// Sends on an h2 connection, and sends once more, on a new connection, a request that
     /// the server provably did not process (see [`unprocessed`]): hyper never wrote it because
-    /// the connection had received GOAWAY or closed, or the server refused its stream. This is
+    /// the connection had received GOAWAY or closed, or the server refused its stream (with
+    /// REFUSED_STREAM, or by a GOAWAY whose last stream id is below it). This is
     /// the transparent retry gRPC and h2 clients do: the server never saw the request, so
     /// sending it again cannot run it twice, and a server draining with GOAWAY loses no call.
     /// The caller records one request whose latency includes the retry; a second failure of

@@ -336,6 +336,21 @@ impl DrainRun {
     pub fn reports(&self) -> [(&'static str, &loadgen::Report); 2] {
         [("short", &self.short), ("long", &self.long)]
     }
+
+    /// The requests the app says it answered, from its "drained" log line.
+    pub fn answered_by_app(&self) -> Option<usize> {
+        let (_, after) = self.log.split_once("requests_answered=")?;
+        let digits: String = after.chars().take_while(char::is_ascii_digit).collect();
+        digits.parse().ok()
+    }
+
+    /// The requests the clients got an answer to.
+    pub fn answered_to_clients(&self) -> usize {
+        self.reports()
+            .iter()
+            .map(|(_, report)| report.count() - report.errors())
+            .sum()
+    }
 }
 
 fn load_spec(

@@ -2,8 +2,8 @@
 //! lose no call through a rolling update and a stepped scale-down of the bundled app, whose
 //! drain sends GOAWAY at preStop and lets open streams finish. The twin has no GOAWAY and no
 //! drain: `Sleep` mode (preStop only sleeps) and an app that exits at once on SIGTERM.
-//!
-//! The load runs on the test's current-thread runtime: see app/tests/h2_drain.rs for why.
+//! loadgen sends a stream that a GOAWAY refused once more, as gRPC clients do (see its crate
+//! docs).
 
 use anyhow::Result;
 use graceful_operator::crd::ShutdownMode;
