@@ -10,7 +10,8 @@
 //! sidecar adds to each pod.
 //!
 //! Knobs (env): BENCH_SECONDS (per round, default 2), BENCH_CONCURRENCY (default 64),
-//! BENCH_ROUNDS (default 7), BENCH_WORK_MS (comma-separated work times, default "0,5").
+//! BENCH_ROUNDS (default 7), BENCH_WORK_MS (comma-separated work times, default "0,5"),
+//! BENCH_PROXY_THREADS (the proxy's `--worker-threads`, default its own default, 1).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -45,11 +46,14 @@ async fn report() -> anyhow::Result<()> {
         .filter_map(|w| w.trim().parse().ok())
         .collect();
     println!(
-        "graceful-drain-proxy benchmark ({} cores), {concurrency} keep-alive clients, {seconds} s per round, {rounds} rounds",
-        std::thread::available_parallelism()?.get()
+        "graceful-drain-proxy benchmark ({} cores), {concurrency} keep-alive clients, {seconds} s per round, {rounds} rounds, proxy threads {}",
+        std::thread::available_parallelism()?.get(),
+        std::env::var("BENCH_PROXY_THREADS").unwrap_or_else(|_| "1".to_owned())
     );
     let app = App::start_with_log_level(&[], "warn")?;
-    let proxy = App::start_proxy(app.main, &[])?;
+    let threads = std::env::var("BENCH_PROXY_THREADS").unwrap_or_else(|_| "1".to_owned());
+    let proxy_args = ["--worker-threads", threads.as_str()];
+    let proxy = App::start_proxy_with_log_level(app.main, &proxy_args, "warn")?;
     for work in works {
         let path = format!("/?work_ms={work}");
         load_path(app.main, &path, 1, concurrency).await?;

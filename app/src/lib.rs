@@ -29,14 +29,34 @@ use crate::config::ServerConfig;
 use crate::context::Workload;
 use crate::error::AppError;
 
+/// How many threads serve connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Threads {
+    /// One per core the process may use (graceful-app).
+    PerCore,
+    /// A fixed number; 1 is a single-threaded runtime (the drain proxy's default).
+    Fixed(u16),
+}
+
 /// The whole life of either binary after its flags were parsed: logs, runtime, serve, drain,
 /// exit code (0 after a complete drain, 1 on failure).
-pub fn run_to_exit(program: &'static str, config: &ServerConfig, workload: Workload) -> ExitCode {
+pub fn run_to_exit(
+    program: &'static str,
+    config: &ServerConfig,
+    workload: Workload,
+    threads: Threads,
+) -> ExitCode {
     telemetry::init(config.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = match threads {
+        Threads::Fixed(1) => tokio::runtime::Builder::new_current_thread(),
+        Threads::Fixed(n) => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(usize::from(n.max(1)));
+            builder
+        }
+        Threads::PerCore => tokio::runtime::Builder::new_multi_thread(),
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(source) => return fail(&AppError::Runtime(source)),
     };

@@ -4,6 +4,7 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use graceful_app::Threads;
 use graceful_app::config::ProxyConfig;
 use graceful_app::context::Workload;
 use graceful_app::proxy::Forwarder;
@@ -18,5 +19,6 @@ fn main() -> ExitCode {
         }
     };
     let workload = Workload::Proxy(Arc::new(forwarder));
-    graceful_app::run_to_exit("graceful-drain-proxy", &config.server, workload)
+    let threads = Threads::Fixed(config.worker_threads);
+    graceful_app::run_to_exit("graceful-drain-proxy", &config.server, workload, threads)
 }

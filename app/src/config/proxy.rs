@@ -41,6 +41,14 @@ pub struct ProxyConfig {
     #[arg(long, env = "GRACEFUL_MAX_REQUEST_MS", default_value_t = 30_000,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub max_request_ms: u64,
+
+    /// Threads that serve connections. 1 (the default) runs the whole proxy on one thread, as
+    /// a sidecar should: it never takes more than one core from the app beside it, and a
+    /// request is read, forwarded and answered on the same thread. Raise it only for an app
+    /// that serves more than one core's worth of proxying.
+    #[arg(long, env = "GRACEFUL_PROXY_WORKER_THREADS", default_value_t = 1,
+          value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub worker_threads: u16,
 }
 
 impl ProxyConfig {
@@ -87,6 +95,8 @@ mod tests {
         assert!(good.validate().is_ok());
         assert_eq!(good.upstream_protocol, UpstreamProtocol::Http1);
         assert_eq!(good.max_request_ms, 30_000);
+        assert_eq!(good.worker_threads, 1);
+        assert!(parse(&["--upstream", "127.0.0.1:1", "--worker-threads", "0"]).is_err());
         assert!(parse(&["--upstream", "127.0.0.1:1", "--max-request-ms", "0"]).is_err());
         assert!(parse(&["--upstream", "127.0.0.1:1", "--upstream-protocol", "h3"]).is_err());
     }

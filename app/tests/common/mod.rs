@@ -52,10 +52,20 @@ impl App {
 
     /// Starts graceful-drain-proxy in front of `upstream`, like [`App::start`].
     pub fn start_proxy(upstream: SocketAddr, args: &[&str]) -> anyhow::Result<App> {
+        Self::start_proxy_with_log_level(upstream, args, "debug")
+    }
+
+    /// Like [`App::start_proxy`] with a given `RUST_LOG` (the benchmark runs at `warn`: at
+    /// `debug`, hyper's connection pool logs every request).
+    pub fn start_proxy_with_log_level(
+        upstream: SocketAddr,
+        args: &[&str],
+        level: &str,
+    ) -> anyhow::Result<App> {
         let upstream = upstream.to_string();
         let mut all = vec!["--upstream", upstream.as_str()];
         all.extend_from_slice(args);
-        Self::spawn_program(PROXY_BIN, Some("127.0.0.1"), &all, "debug")
+        Self::spawn_program(PROXY_BIN, Some("127.0.0.1"), &all, level)
     }
 
     fn spawn(bind: Option<&str>, args: &[&str], level: &str) -> anyhow::Result<App> {
