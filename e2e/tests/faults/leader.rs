@@ -30,6 +30,13 @@ const FROM: i32 = 10;
 /// Lease duration 15 s plus the standby's retry and a loaded machine.
 const FAILOVER_BOUND: Duration = Duration::from_secs(45);
 
+/// The last `lines` lines of a log file (empty if it cannot be read).
+fn tail(path: &std::path::Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
 async fn holder(leases: &Api<Lease>) -> Result<Option<String>> {
     Ok(leases
         .get_opt("graceful-operator")
@@ -194,7 +201,17 @@ async fn leader_cut_off_from_the_api_stops_before_the_standby_takes_over() -> Re
     };
     // Whatever the old leader still holds now reaches the API server.
     relay.heal();
-    wait_stable(&s.client, &s.ns, "web", 1).await?;
+    if let Err(error) = wait_stable(&s.client, &s.ns, "web", 1).await {
+        // Once in CI (2026-12-06) the walk did not end within 180 s after the takeover; what
+        // the two operators logged is what tells why.
+        let walk: Vec<i32> = rec.lock().unwrap().replicas.iter().map(|r| r.1).collect();
+        eprintln!(
+            "walk so far {walk:?}\n--- standby log (last 60 lines):\n{}\n--- cut-off leader log (last 20 lines):\n{}",
+            tail(&standby.log, 60),
+            tail(&leader.log, 20)
+        );
+        return Err(error);
+    }
     tokio::time::sleep(Duration::from_secs(3)).await;
     tasks.iter().for_each(|t| t.abort());
     if leader_gone.is_none() && leader.has_exited()? {
