@@ -45,13 +45,12 @@ async fn report() -> anyhow::Result<()> {
         .split(',')
         .filter_map(|w| w.trim().parse().ok())
         .collect();
+    let threads = std::env::var("BENCH_PROXY_THREADS").unwrap_or_else(|_| "1".to_owned());
     println!(
-        "graceful-drain-proxy benchmark ({} cores), {concurrency} keep-alive clients, {seconds} s per round, {rounds} rounds, proxy threads {}",
-        std::thread::available_parallelism()?.get(),
-        std::env::var("BENCH_PROXY_THREADS").unwrap_or_else(|_| "1".to_owned())
+        "graceful-drain-proxy benchmark ({} cores), {concurrency} keep-alive clients, {seconds} s per round, {rounds} rounds, proxy threads {threads}",
+        std::thread::available_parallelism()?.get()
     );
     let app = App::start_with_log_level(&[], "warn")?;
-    let threads = std::env::var("BENCH_PROXY_THREADS").unwrap_or_else(|_| "1".to_owned());
     let proxy_args = ["--worker-threads", threads.as_str()];
     let proxy = App::start_proxy_with_log_level(app.main, &proxy_args, "warn")?;
     for work in works {

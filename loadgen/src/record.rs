@@ -153,11 +153,10 @@ pub(crate) enum Unprocessed {
 ///   the stream "prior to any processing" (RFC 9113 §8.7). Proof by the protocol.
 /// - an `h2::Error` from the peer's GOAWAY with reason NO_ERROR (`is_go_away()`,
 ///   `is_remote()`). h2 gives it to the open streams whose id is above the GOAWAY's last
-///   stream id (`recv_go_away` in h2's streams.rs), and to a stream still waiting when the
-///   connection then closes, which the client opened after that GOAWAY, so its id is above it
-///   too. A server "might have" processed only streams up to that id (RFC 9113 §6.8), and h2's
-///   server names there the highest stream whose HEADERS it received, then ignores every later
-///   stream. Proof by the protocol; the tests check it by counting what the server ran (a
+///   stream id (`recv_go_away` in h2's streams.rs). A server "might have" processed only
+///   streams up to that id (RFC 9113 §6.8), and h2's server names there the highest stream
+///   whose HEADERS it received, then ignores every later stream. Proof by the protocol, on
+///   one thread (see the crate docs); the tests check it by counting what the server ran (a
 ///   retry of a stream the server had run would count twice).
 ///
 /// Every other failure (a reset of an open stream, a GOAWAY with an error, EOF, a timeout) may

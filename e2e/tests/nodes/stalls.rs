@@ -125,7 +125,11 @@ async fn walk_past(
         pods.get_opt(pod).await?.is_none(),
         "the {what} pod is still there"
     );
-    ensure!(!lossless || report.errors() == 0, "{report}");
+    ensure!(
+        !lossless || report.errors() == 0,
+        "{report}\nfailed at {:?}",
+        super::failure_times(&report, 10)
+    );
     Ok(())
 }
 
@@ -174,10 +178,11 @@ async fn a_crash_looping_pod_mid_walk_is_removed_first_and_the_walk_ends() -> Re
     crash_loop_mid_walk(false).await
 }
 
-/// The same walk must also lose nothing; it lost one request (a 5 s timeout) in 2 of 3 runs on
-/// 2026-12-06 (and 2 refused connects once before), which points at the scenario's port
-/// squatter (a listener that never accepts, in the crash-looping pod's namespace) receiving a
-/// connection, but that is not shown yet. Run with `--ignored` until it is.
+/// The same walk must also lose nothing; it lost one request (a 5 s timeout) in 2 of 3 runs and
+/// in 1 of 4 later on 2026-12-06 (and 2 refused connects once before). Not the victim coming
+/// back: in the failing run the kubelet's probes never found it ready after its preStop. Lost
+/// connects to a pod being removed are the next suspect; the failure times printed on failure
+/// line up with the testbed's logs. Run with `--ignored` until it is shown.
 #[tokio::test]
 #[ignore = "open defect: the crash-loop walk lost 1 of 32,277 requests (a timeout) in 2 of 3 runs"]
 async fn a_crash_looping_pod_mid_walk_loses_nothing() -> Result<()> {
