@@ -1,14 +1,16 @@
 //! Footprint and scale of the operator: a benchmark report, not a timed test (`#[ignore]`; run
-//! by `scripts/bench-operator.sh`, which prints the Markdown report).
+//! by `scripts/bench-operator.sh`, which builds in release mode, starts a testbed with KWOK
+//! nodes and prints the Markdown report).
 //!
-//! 1. 100 GracefulServices (replicas 0 or 1, so the nodes stay light): operator RSS and
-//!    reconcile latency p50/p99 from its `graceful_operator_reconcile_duration_seconds`.
-//! 2. API writes per scale-down step, counted at the API server: the testbed's audit log records
-//!    every write with its user; the operator runs with a kubeconfig impersonating a user of its
-//!    own (bound to `operator/rbac.yaml`), so its writes are told apart from the controllers'
-//!    and the kubelets'. Walks of 10 -> 1 with `preferIdlePods` on (default) and off.
-//! 3. A large service (`BENCH_LARGE_REPLICAS`, default 200) stepped down to 1
-//!    (`BENCH_LARGE_STEP`, default 1 replica per step).
+//! 1. Many GracefulServices (`BENCH_COUNTS`, default 10,100,1000; one replica each, on KWOK
+//!    nodes) created at once, then left alone: operator RSS and CPU, reconcile latency p50/p99
+//!    from its `graceful_operator_reconcile_duration_seconds`, reconciles when nothing changes.
+//! 2. One GracefulService walked down to 1 on KWOK nodes (`BENCH_WALKS`, default
+//!    `10:1,100:1,1000:1,1000:10%`, replicas:stepSize): steps, time and CPU per step, and API
+//!    writes per step counted at the API server: the testbed's audit log records every write
+//!    with its user; the operator runs with a kubeconfig impersonating a user of its own (bound
+//!    to `operator/rbac.yaml`), so its writes are told apart from the controllers' and KWOK's.
+//! 3. Writes per step on the real nodes, with the app and `preferIdlePods` on and off (10 -> 1).
 
 #[allow(dead_code)]
 #[path = "operator/support.rs"]
@@ -16,48 +18,22 @@ mod support;
 
 #[path = "footprint/measure.rs"]
 mod measure;
+#[path = "footprint/scale.rs"]
+mod scale;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use graceful_operator::GracefulService;
-use graceful_operator::crd::Phase;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Api, Patch, PatchParams};
-use measure::{Scrape, audit_mark, bucket_delta, memory_kib, quantile, writes_since};
+use measure::{Scrape, audit_mark, bucket_delta, quantile, writes_since};
+use scale::{HISTOGRAM, ManyFigures, WalkFigures, all_stable};
 use support::{
-    Operator, create_gsvc, ensure_schedulable, eventually, install_crd, quick_spec,
-    restricted_kubeconfig,
+    Operator, create_gsvc, ensure_schedulable, install_crd, quick_spec, restricted_kubeconfig,
 };
-
-const HISTOGRAM: &str = "graceful_operator_reconcile_duration_seconds";
-
-fn env_or(name: &str, default: i32) -> i32 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// Waits (up to `limit`) until every GracefulService of the namespace is Stable at its replicas.
-async fn all_stable(api: &Api<GracefulService>, limit: Duration) -> Result<()> {
-    eventually(limit, "all Stable", || async {
-        let list = api.list(&Default::default()).await?;
-        Ok(list
-            .items
-            .iter()
-            .all(|g| {
-                g.status.as_ref().is_some_and(|s| {
-                    s.phase == Phase::Stable
-                        && s.ready_replicas == g.spec.replicas
-                        && s.step_target == Some(g.spec.replicas)
-                })
-            })
-            .then_some(()))
-    })
-    .await
-}
 
 fn ms(seconds: Option<f64>) -> String {
     match seconds {
@@ -71,7 +47,15 @@ fn mib(kib: u64) -> String {
     format!("{:.1} MiB", kib as f64 / 1024.0)
 }
 
-/// The report's row for a walk: writes per step by resource.
+fn p50_p99(buckets: &[(f64, f64)]) -> String {
+    format!(
+        "{} / {}",
+        ms(quantile(buckets, 0.5)),
+        ms(quantile(buckets, 0.99))
+    )
+}
+
+/// The report's table of a walk: writes per step by resource.
 fn writes_table(out: &mut String, title: &str, writes: &BTreeMap<String, u64>, steps: u64) {
     let total: u64 = writes
         .iter()
@@ -81,11 +65,15 @@ fn writes_table(out: &mut String, title: &str, writes: &BTreeMap<String, u64>, s
     let _ = writeln!(
         out,
         "\n**{title}**: {total} writes for {steps} steps ({:.2} per step)\n",
-        total as f64 / steps as f64
+        total as f64 / steps.max(1) as f64
     );
     let _ = writeln!(out, "| verb resource | writes | per step |\n|---|---|---|");
     for (what, n) in writes {
-        let _ = writeln!(out, "| {what} | {n} | {:.2} |", *n as f64 / steps as f64);
+        let _ = writeln!(
+            out,
+            "| {what} | {n} | {:.2} |",
+            *n as f64 / steps.max(1) as f64
+        );
     }
 }
 
@@ -96,76 +84,116 @@ struct Scoped {
     user: String,
 }
 
+impl Scoped {
+    fn handle(&self) -> (u32, u16) {
+        (self.operator.pid(), self.operator.metrics_port)
+    }
+}
+
 struct Bench {
     tb: &'static testbed::Testbed,
     client: kube::Client,
 }
 
 impl Bench {
-    /// A namespace and an operator scoped to it, running as user `graceful-operator-<ns>`.
+    /// A namespace and an operator scoped to it, running as user `graceful-operator-<ns>`;
+    /// returns once the operator serves /metrics.
     async fn namespace_with_operator(&self, prefix: &str) -> Result<Scoped> {
         let ns = self.tb.create_namespace(&self.client, prefix).await?;
         let user = format!("graceful-operator-{ns}");
         let kubeconfig = restricted_kubeconfig(self.tb, &self.client, &user).await?;
         let operator = Operator::start_as(self.tb, &ns, &[], &kubeconfig)?;
+        support::eventually(Duration::from_secs(30), "operator /metrics", || async {
+            Ok(Scrape::take(operator.metrics_port).ok().map(|_| ()))
+        })
+        .await?;
+        // Its RSS once it has listed its (empty) namespace.
+        tokio::time::sleep(Duration::from_secs(2)).await;
         Ok(Scoped { ns, operator, user })
     }
 
-    /// Walks `name` from its current replicas to 1; returns (steps, seconds, writes by the
-    /// operator's user, reconcile histogram delta).
-    async fn walk(
-        &self,
-        scoped: &Scoped,
-        name: &str,
-        from: i32,
-        step: i32,
-        limit: Duration,
-    ) -> Result<(u64, f64, BTreeMap<String, u64>, Vec<(f64, f64)>)> {
-        let Scoped { ns, operator, user } = scoped;
-        let audit = self.tb.run_dir().join(testbed::controlplane::AUDIT_LOG);
-        let api: Api<GracefulService> = Api::namespaced(self.client.clone(), ns);
-        let mark = audit_mark(&audit);
-        let before = Scrape::take(operator.metrics_port)?;
-        let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
-            Api::namespaced(self.client.clone(), ns);
-        let generation_before = deployments
-            .get(name)
-            .await?
-            .metadata
-            .generation
-            .unwrap_or(0);
-        let started = Instant::now();
-        let patch = serde_json::json!({"spec": {"replicas": 1}});
-        api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await?;
-        all_stable(&api, limit).await?;
-        let seconds = started.elapsed().as_secs_f64();
-        // Writes that trail the last step (status, Event) are part of it.
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        let after = Scrape::take(operator.metrics_port)?;
-        let steps = (after.value("graceful_operator_scale_down_steps_total")
-            - before.value("graceful_operator_scale_down_steps_total")) as u64;
-        let expected = ((from - 1) + step - 1) / step;
-        anyhow::ensure!(
-            steps == expected as u64,
-            "{steps} steps, expected {expected}"
-        );
-        let mut writes = writes_since(&audit, mark, user)?;
-        // Server-side apply answers 200 also when nothing changed; the generation counts the
-        // applies that changed the Deployment's spec.
-        let generation_after = deployments
-            .get(name)
-            .await?
-            .metadata
-            .generation
-            .unwrap_or(0);
-        writes.insert(
-            "(of which changed the Deployment spec: generation +N)".into(),
-            (generation_after - generation_before) as u64,
-        );
-        let delta = bucket_delta(&before.buckets(HISTOGRAM), &after.buckets(HISTOGRAM));
-        Ok((steps, seconds, writes, delta))
+    /// Stops the operator and deletes its namespace, waiting for it to be gone.
+    fn finish(&self, scoped: Scoped) -> Result<()> {
+        let ns = scoped.ns.clone();
+        drop(scoped);
+        let mut delete = self.tb.kubectl();
+        delete.args(["delete", "namespace", &ns, "--wait=true", "--timeout=600s"]);
+        support::run(delete).map(drop)
     }
+
+    fn audit(&self) -> std::path::PathBuf {
+        self.tb.run_dir().join(testbed::controlplane::AUDIT_LOG)
+    }
+}
+
+fn list_env(name: &str, default: &str) -> Vec<String> {
+    std::env::var(name)
+        .unwrap_or_else(|_| default.to_string())
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+/// `replicas:stepSize`, e.g. `1000:10%`.
+fn parse_walk(text: &str) -> Result<(i32, IntOrString)> {
+    let (from, step) = text
+        .split_once(':')
+        .with_context(|| format!("BENCH_WALKS entry {text:?} is not replicas:stepSize"))?;
+    let step = match step.parse::<i32>() {
+        Ok(pods) => IntOrString::Int(pods),
+        Err(_) => IntOrString::String(step.to_string()),
+    };
+    Ok((from.parse()?, step))
+}
+
+fn step_text(step: &IntOrString) -> String {
+    match step {
+        IntOrString::Int(n) => n.to_string(),
+        IntOrString::String(s) => s.clone(),
+    }
+}
+
+fn many_row(out: &mut String, f: &ManyFigures) {
+    let burst = f.settled.metrics.buckets(HISTOGRAM);
+    let steady = bucket_delta(&burst, &f.quiet.metrics.buckets(HISTOGRAM));
+    let _ = writeln!(
+        out,
+        "| {} | {:.1} s | {} / {} ({}) / {} | {:.1} s | {:.0} | {} | {:.0} in {} s | {} |",
+        f.count,
+        f.settle_seconds,
+        mib(f.idle.rss_kib),
+        mib(f.settled.rss_kib),
+        mib(f.settled.peak_kib),
+        mib(f.quiet.rss_kib),
+        f.settled.cpu_seconds - f.idle.cpu_seconds,
+        f.settled.reconciles() - f.idle.reconciles(),
+        p50_p99(&burst),
+        f.quiet.reconciles() - f.settled.reconciles(),
+        f.quiet_window.as_secs(),
+        p50_p99(&steady),
+    );
+}
+
+fn walk_row(out: &mut String, f: &WalkFigures) {
+    let steps = f.steps.max(1) as f64;
+    let writes: u64 = f.writes.values().sum();
+    let _ = writeln!(
+        out,
+        "| {} | {} | {:.1} s | {} | {:.1} s | {:.2} s | {:.2} | {:.3} s | {} / {} ({}) | {} |",
+        f.from,
+        step_text(&f.step),
+        f.up_seconds,
+        f.steps,
+        f.seconds,
+        f.seconds / steps,
+        writes as f64 / steps,
+        (f.after.cpu_seconds - f.at_size.cpu_seconds) / steps,
+        mib(f.at_size.rss_kib),
+        mib(f.after.rss_kib),
+        mib(f.after.peak_kib),
+        p50_p99(&f.latency()),
+    );
 }
 
 #[tokio::test]
@@ -173,6 +201,11 @@ impl Bench {
 async fn operator_footprint_report() -> Result<()> {
     testbed::skip_without_cluster!();
     let tb = testbed::shared()?;
+    anyhow::ensure!(
+        !tb.info().kwok_nodes.is_empty(),
+        "the scale sections need KWOK nodes: run scripts/bench-operator.sh, or set \
+         TESTBED_UP_ARGS=\"--nodes 1 --kwok-nodes 4\""
+    );
     let client = tb.client().await?;
     install_crd(tb)?;
     ensure_schedulable(tb, &client).await?;
@@ -180,11 +213,19 @@ async fn operator_footprint_report() -> Result<()> {
         tb,
         client: client.clone(),
     };
+    let operator_bin = testbed::bin_path("graceful-operator")?;
+    let profile = operator_bin
+        .parent()
+        .and_then(|d| d.file_name())
+        .map_or_else(|| "?".into(), |n| n.to_string_lossy().into_owned());
     let mut report = String::from("# Operator footprint\n");
     let _ = writeln!(
         report,
-        "\nMeasured on the testbed (debug build of graceful-operator, one process per namespace, \
-         {} cores), {}.",
+        "\nMeasured on the testbed with the {profile} build of graceful-operator ({}), one \
+         process per namespace, {} real nodes and {} KWOK nodes, {} cores, {}.",
+        operator_bin.display(),
+        tb.info().nodes.len(),
+        tb.info().kwok_nodes.len(),
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         String::from_utf8_lossy(
             &std::process::Command::new("date")
@@ -195,187 +236,105 @@ async fn operator_footprint_report() -> Result<()> {
         .trim()
     );
 
-    // 1. 100 GracefulServices.
-    let scoped = bench.namespace_with_operator("bench-many").await?;
-    let ns = scoped.ns.clone();
-    let operator = &scoped.operator;
-    let api: Api<GracefulService> = Api::namespaced(client.clone(), &ns);
-    // The operator's RSS once it serves /metrics and has listed its (empty) namespace.
-    eventually(Duration::from_secs(30), "operator /metrics", || async {
-        Ok(Scrape::take(operator.metrics_port).ok().map(|_| ()))
-    })
-    .await?;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let idle = memory_kib(operator.pid())?;
-    let started = Instant::now();
-    for i in 0..100 {
-        create_gsvc(&client, &ns, &format!("svc-{i:03}"), quick_spec(i % 2)).await?;
+    // 1. Many GracefulServices.
+    let quiet = Duration::from_secs(30);
+    let _ = writeln!(
+        report,
+        "\n## GracefulServices created at once (1 replica each, on KWOK nodes), then left alone\n\n\
+         | GracefulServices | created -> all Stable | RSS before / all Stable (peak) / {q} s later | \
+         CPU until all Stable | reconciles until all Stable | reconcile p50 / p99 until all Stable | \
+         reconciles when nothing changes | their p50 / p99 |\n|---|---|---|---|---|---|---|---|",
+        q = quiet.as_secs()
+    );
+    for count in list_env("BENCH_COUNTS", "10,100,1000") {
+        let count: usize = count.parse().context("BENCH_COUNTS")?;
+        let scoped = bench.namespace_with_operator("bench-many").await?;
+        let figures = scale::many(&client, &scoped.ns, scoped.handle(), count, quiet).await?;
+        many_row(&mut report, &figures);
+        eprintln!("{report}");
+        bench.finish(scoped)?;
     }
-    all_stable(&api, Duration::from_secs(600)).await?;
-    let settle = started.elapsed().as_secs_f64();
-    let after_create = Scrape::take(operator.metrics_port)?;
-    let busy = memory_kib(operator.pid())?;
-    tokio::time::sleep(Duration::from_secs(30)).await;
-    let quiet = Scrape::take(operator.metrics_port)?;
-    let rest = memory_kib(operator.pid())?;
-    let buckets = after_create.buckets(HISTOGRAM);
-    let _ = writeln!(
-        report,
-        "\n## 100 GracefulServices (50 with 1 replica, 50 with 0)\n"
-    );
-    let _ = writeln!(report, "| what | figure |\n|---|---|");
-    let _ = writeln!(
-        report,
-        "| operator RSS before the first object | {} |",
-        mib(idle.0)
-    );
-    let _ = writeln!(
-        report,
-        "| operator RSS when all 100 were Stable | {} (peak {}) |",
-        mib(busy.0),
-        mib(busy.1)
-    );
-    let _ = writeln!(
-        report,
-        "| operator RSS 30 s later | {} (peak {}) |",
-        mib(rest.0),
-        mib(rest.1)
-    );
-    let _ = writeln!(report, "| created -> all Stable | {settle:.1} s |");
-    let _ = writeln!(
-        report,
-        "| reconciles until all Stable | {} |",
-        after_create.value("graceful_operator_reconciles_total")
-    );
-    let _ = writeln!(
-        report,
-        "| reconciles in the 30 s after | {} |",
-        quiet.value("graceful_operator_reconciles_total")
-            - after_create.value("graceful_operator_reconciles_total")
-    );
-    let _ = writeln!(
-        report,
-        "| reconcile latency p50 / p99, creation burst (all 100 at once) | {} / {} |",
-        ms(quantile(&buckets, 0.5)),
-        ms(quantile(&buckets, 0.99))
-    );
-    let steady = bucket_delta(&buckets, &quiet.buckets(HISTOGRAM));
-    let _ = writeln!(
-        report,
-        "| reconcile latency p50 / p99, the 30 s after (all Stable) | {} / {} |",
-        ms(quantile(&steady, 0.5)),
-        ms(quantile(&steady, 0.99))
-    );
-    eprintln!("{report}");
-    // Free the nodes for what follows.
-    drop(scoped);
-    let mut delete = tb.kubectl();
-    delete.args(["delete", "namespace", &ns, "--wait=true", "--timeout=180s"]);
-    support::run(delete)?;
 
-    // 2. Writes per scale-down step.
+    // 2. Walks on KWOK nodes.
     let _ = writeln!(
         report,
-        "\n## API writes per scale-down step (10 -> 1, step 1), counted in the API server's audit log\n"
+        "\n## One GracefulService walked down to 1 on KWOK nodes (pods go at once: the step's cost \
+         is ours and the control plane's)\n\n| replicas | stepSize | created -> Ready | steps | walk | \
+         per step | operator writes per step | operator CPU per step | RSS at size / after (peak) | \
+         reconcile p50 / p99 |\n|---|---|---|---|---|---|---|---|---|---|"
+    );
+    let mut details = String::new();
+    for walk in list_env("BENCH_WALKS", "10:1,100:1,1000:1,1000:10%") {
+        let (from, step) = parse_walk(&walk)?;
+        let scoped = bench.namespace_with_operator("bench-walk").await?;
+        let f = scale::walk(
+            &client,
+            &scoped.ns,
+            scoped.handle(),
+            &scoped.user,
+            &bench.audit(),
+            (from, step),
+        )
+        .await?;
+        walk_row(&mut report, &f);
+        writes_table(
+            &mut details,
+            &format!("{} -> 1, stepSize {}", f.from, step_text(&f.step)),
+            &f.writes,
+            f.steps,
+        );
+        eprintln!("{report}{details}");
+        bench.finish(scoped)?;
+    }
+    report.push_str(&details);
+
+    // 3. Writes per scale-down step on the real nodes, with the app.
+    let _ = writeln!(
+        report,
+        "\n## API writes per scale-down step on the real nodes (10 -> 1, step 1), counted in the API server's audit log\n"
     );
     for prefer_idle in [true, false] {
-        let scoped = bench.namespace_with_operator("bench-walk").await?;
-        let ns = &scoped.ns;
-        let api: Api<GracefulService> = Api::namespaced(client.clone(), ns);
-        let mut spec = quick_spec(10);
-        spec.scale_down.prefer_idle_pods = prefer_idle;
-        create_gsvc(&client, ns, "walk", spec).await?;
-        all_stable(&api, Duration::from_secs(300)).await?;
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        let (steps, seconds, writes, _) = bench
-            .walk(&scoped, "walk", 10, 1, Duration::from_secs(300))
-            .await?;
+        let scoped = bench.namespace_with_operator("bench-real").await?;
+        let (steps, seconds, writes) = real_walk(&bench, &scoped, prefer_idle).await?;
         writes_table(
             &mut report,
             &format!("preferIdlePods: {prefer_idle}, walk {seconds:.1} s"),
             &writes,
             steps,
         );
-        drop(scoped);
         eprintln!("{report}");
+        bench.finish(scoped)?;
     }
-
-    // 3. A large service stepped down to 1.
-    let replicas = env_or("BENCH_LARGE_REPLICAS", 200);
-    let step = env_or("BENCH_LARGE_STEP", 1);
-    let scoped = bench.namespace_with_operator("bench-large").await?;
-    let (ns, operator) = (&scoped.ns, &scoped.operator);
-    let api: Api<GracefulService> = Api::namespaced(client.clone(), ns);
-    let mut spec = quick_spec(replicas);
-    spec.scale_down.step_size = step;
-    let started = Instant::now();
-    create_gsvc(&client, ns, "large", spec).await?;
-    all_stable(&api, Duration::from_secs(1200)).await?;
-    let up = started.elapsed().as_secs_f64();
-    let at_size = memory_kib(operator.pid())?;
-    let app_kib = app_rss_kib(&client, ns).await;
-    let (steps, seconds, writes, delta) = bench
-        .walk(&scoped, "large", replicas, step, Duration::from_secs(1800))
-        .await?;
-    let end = memory_kib(operator.pid())?;
-    let _ = writeln!(
-        report,
-        "\n## One service of {replicas} replicas stepped down to 1 (step {step})\n"
-    );
-    let _ = writeln!(report, "| what | figure |\n|---|---|");
-    let _ = writeln!(
-        report,
-        "| created -> {replicas} Ready, Stable | {up:.1} s |"
-    );
-    let _ = writeln!(
-        report,
-        "| app processes at {replicas}: RSS sum / per pod | {} / {} |",
-        mib(app_kib.0),
-        mib(app_kib.0 / app_kib.1.max(1))
-    );
-    let _ = writeln!(
-        report,
-        "| operator RSS at {replicas} / after the walk (peak) | {} / {} ({}) |",
-        mib(at_size.0),
-        mib(end.0),
-        mib(end.1)
-    );
-    let _ = writeln!(
-        report,
-        "| walk {replicas} -> 1 | {steps} steps in {seconds:.1} s ({:.2} s per step) |",
-        seconds / steps as f64
-    );
-    let _ = writeln!(
-        report,
-        "| reconcile latency during the walk p50 / p99 | {} / {} |",
-        ms(quantile(&delta, 0.5)),
-        ms(quantile(&delta, 0.99))
-    );
-    writes_table(
-        &mut report,
-        "operator writes during the walk",
-        &writes,
-        steps,
-    );
-    drop(scoped);
     println!("\n{report}");
     Ok(())
 }
 
-/// Sum of VmRSS of the namespace's running app processes (found through each pod's cgroup on
-/// its node) and their number.
-async fn app_rss_kib(client: &kube::Client, ns: &str) -> (u64, u64) {
-    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), ns);
-    let Ok(list) = pods.list(&Default::default()).await else {
-        return (0, 0);
-    };
-    list.items
-        .iter()
-        .filter_map(|pod| pod.metadata.uid.as_deref())
-        .flat_map(testbed::node::host::pod_processes)
-        .filter(|pid| {
-            testbed::node::host::cmdline_of(*pid).starts_with("/usr/local/bin/graceful-app")
-        })
-        .filter_map(|pid| memory_kib(pid as u32).ok())
-        .fold((0, 0), |(sum, n), (rss, _)| (sum + rss, n + 1))
+/// Walks a service of 10 replicas on the real nodes to 1; returns (steps, seconds, writes).
+async fn real_walk(
+    bench: &Bench,
+    scoped: &Scoped,
+    prefer_idle: bool,
+) -> Result<(u64, f64, BTreeMap<String, u64>)> {
+    let Scoped { ns, operator, user } = scoped;
+    let api: Api<GracefulService> = Api::namespaced(bench.client.clone(), ns);
+    let mut spec = quick_spec(10);
+    spec.scale_down.prefer_idle_pods = prefer_idle;
+    create_gsvc(&bench.client, ns, "walk", spec).await?;
+    all_stable(&api, Duration::from_secs(300)).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let audit = bench.audit();
+    let mark = audit_mark(&audit);
+    let before = Scrape::take(operator.metrics_port)?;
+    let started = std::time::Instant::now();
+    let patch = serde_json::json!({"spec": {"replicas": 1}});
+    api.patch("walk", &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    all_stable(&api, Duration::from_secs(300)).await?;
+    let seconds = started.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = Scrape::take(operator.metrics_port)?;
+    let steps = (after.value("graceful_operator_scale_down_steps_total")
+        - before.value("graceful_operator_scale_down_steps_total")) as u64;
+    anyhow::ensure!(steps == 9, "{steps} steps, expected 9");
+    Ok((steps, seconds, writes_since(&audit, mark, user)?))
 }

@@ -19,7 +19,7 @@ use crate::drift::{self, LastApplied, child_key};
 use crate::error::Error;
 use crate::manifests::{Owner, deployment, pdb, pod, service};
 use crate::observe::{Observed, deployment_view, pod_view, ready_pods};
-use crate::planner::{self, Observation, Step, StepKind, StepPolicy};
+use crate::planner::{self, Observation, Step, StepKind, StepPolicy, StepSize};
 use crate::status::{self, Refusal};
 use crate::validation;
 
@@ -143,7 +143,8 @@ pub fn decide(
         ready_endpoints: ready_pods(&observed.slices),
         now,
         policy: StepPolicy {
-            step_size: spec.scale_down.step_size,
+            // validation::check refused any other value before this runs.
+            step_size: StepSize::parse(&spec.scale_down.step_size).unwrap_or(StepSize::Pods(1)),
             min_interval: secs(spec.scale_down.min_step_interval_seconds),
             step_timeout: secs(spec.scale_down.step_timeout_seconds),
         },

@@ -158,7 +158,7 @@ async fn a_settled_walk_takes_one_step_under_a_precondition() {
             let scaling = condition(body, "ScalingDown");
             assert_eq!(
                 (&scaling["status"], &scaling["reason"]),
-                (&"True".into(), &"StepTaken".into())
+                (&"True".into(), &"Stepping".into())
             );
         })
         .answer(stored(&g));

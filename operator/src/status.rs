@@ -76,13 +76,9 @@ pub fn from_decision(
         Fresh {
             type_: SCALING_DOWN,
             status: scaling_down,
-            reason: if decision.step.is_some() {
-                "StepTaken"
-            } else if scaling_down {
-                "WaitingForSettle"
-            } else {
-                "AtTarget"
-            },
+            // One reason for the whole walk: a reason that changed between a step and its
+            // settling would cost a status write of its own per step.
+            reason: if scaling_down { "Stepping" } else { "AtTarget" },
             message: if scaling_down {
                 format!("step target {} towards {desired}", decision.replicas)
             } else {
@@ -179,15 +175,35 @@ pub fn refused(
 /// as JSON, the form it is stored in, so a time read back at second precision equals itself.
 /// Unchanged conditions keep their `lastTransitionTime` ([`merge`]) and no field holds the time of
 /// the reconcile, so a reconcile that changes nothing writes nothing.
+///
+/// Within one step of a walk (phase ScalingDown before and after, same step target) the pod
+/// counts and the messages of `Available` and `Progressing` are left as the step wrote them: a
+/// step brings several reconciles (the pod terminating, its endpoint leaving, the Deployment's
+/// status), and writing each of their counts tripled the status writes of a walk. So a walk
+/// writes status once per step, with the counts seen at that step, and once when it ends; any
+/// change of phase, target, or a condition's status or reason is still written at once.
 pub fn needs_write(
     current: Option<&GracefulServiceStatus>,
     computed: &GracefulServiceStatus,
 ) -> bool {
     let Some(current) = current else { return true };
-    match (
-        serde_json::to_value(current),
-        serde_json::to_value(computed),
-    ) {
+    let same_step = current.phase == Phase::ScalingDown
+        && computed.phase == Phase::ScalingDown
+        && current.step_target == computed.step_target;
+    let view = |status: &GracefulServiceStatus| {
+        let mut status = status.clone();
+        if same_step {
+            status.replicas = 0;
+            status.ready_replicas = 0;
+            for condition in &mut status.conditions {
+                if condition.type_ == AVAILABLE || condition.type_ == PROGRESSING {
+                    condition.message.clear();
+                }
+            }
+        }
+        serde_json::to_value(status)
+    };
+    match (view(current), view(computed)) {
         (Ok(current), Ok(computed)) => current != computed,
         _ => true,
     }
@@ -233,108 +249,5 @@ fn merge(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::planner::{Observation, StepPolicy, plan};
-    use std::time::Duration;
-
-    fn obs(desired: i32, at: i32) -> Observation {
-        Observation {
-            desired,
-            deployment: DeploymentObservation {
-                spec_replicas: at,
-                generation: 1,
-                observed_generation: 1,
-                replicas: at,
-                ready_replicas: at,
-                updated_replicas: at,
-                available_replicas: at,
-                progress_deadline_exceeded: false,
-                clock: Default::default(),
-                spec_changing: false,
-            },
-            pods: Vec::new(),
-            ready_endpoints: at,
-            now: Timestamp::from_second(1_000).unwrap(),
-            policy: StepPolicy {
-                step_size: 1,
-                min_interval: Duration::ZERO,
-                step_timeout: Duration::from_secs(300),
-            },
-        }
-    }
-
-    #[test]
-    fn stable_status_has_all_conditions_and_selector() {
-        let o = obs(3, 3);
-        let d = plan(&o);
-        let s = from_decision("web", Some(2), None, 3, &o.deployment, &d, o.now);
-        assert_eq!(s.selector, "graceful.dev/service=web");
-        assert_eq!(s.phase, Phase::Stable);
-        let types: Vec<_> = s.conditions.iter().map(|c| c.type_.as_str()).collect();
-        assert_eq!(types, [AVAILABLE, PROGRESSING, SCALING_DOWN, DEGRADED]);
-        assert!(
-            s.conditions
-                .iter()
-                .all(|c| c.observed_generation == Some(2))
-        );
-    }
-
-    #[test]
-    fn transition_time_kept_while_status_unchanged() {
-        let o = obs(1, 5);
-        let d = plan(&o);
-        let first = from_decision("web", Some(1), None, 1, &o.deployment, &d, o.now);
-        let later = o.now + k8s_openapi::jiff::SignedDuration::from_secs(60);
-        let second = from_decision("web", Some(1), Some(&first), 1, &o.deployment, &d, later);
-        let sd = |s: &GracefulServiceStatus| {
-            s.conditions
-                .iter()
-                .find(|c| c.type_ == SCALING_DOWN)
-                .cloned()
-                .unwrap()
-        };
-        assert_eq!(sd(&second).status, "True");
-        assert_eq!(
-            sd(&first).last_transition_time,
-            sd(&second).last_transition_time
-        );
-        assert_eq!(second.step_target, Some(4));
-    }
-
-    #[test]
-    fn status_unchanged_by_a_later_reconcile_is_not_written() {
-        let o = obs(1, 5);
-        let d = plan(&o);
-        let first = from_decision("web", Some(1), None, 1, &o.deployment, &d, o.now);
-        assert!(needs_write(None, &first));
-        // Read back from the API server: round-trip through JSON.
-        let stored: GracefulServiceStatus =
-            serde_json::from_value(serde_json::to_value(&first).unwrap()).unwrap();
-        let later = o.now + k8s_openapi::jiff::SignedDuration::from_secs(60);
-        let again = from_decision("web", Some(1), Some(&stored), 1, &o.deployment, &d, later);
-        assert!(!needs_write(Some(&stored), &again));
-        let mut fewer = o.deployment.clone();
-        fewer.ready_replicas -= 1;
-        let changed = from_decision("web", Some(1), Some(&stored), 1, &fewer, &d, later);
-        assert!(needs_write(Some(&stored), &changed));
-        let regenerated = from_decision("web", Some(2), Some(&stored), 1, &o.deployment, &d, later);
-        assert!(needs_write(Some(&stored), &regenerated));
-    }
-
-    #[test]
-    fn invalid_spec_is_degraded() {
-        let s = refused(
-            "web",
-            Some(3),
-            None,
-            Refusal::InvalidSpec,
-            "bad env",
-            Timestamp::UNIX_EPOCH,
-        );
-        assert_eq!(s.phase, Phase::Degraded);
-        let deg = s.conditions.iter().find(|c| c.type_ == DEGRADED).unwrap();
-        assert_eq!(deg.status, "True");
-        assert_eq!(deg.reason, "InvalidSpec");
-    }
-}
+#[path = "status_tests.rs"]
+mod tests;

@@ -9,6 +9,7 @@ use std::collections::BTreeSet;
 
 use crate::crd::GracefulServiceSpec;
 use crate::manifests::pod::RESERVED_ENV;
+use crate::planner::StepSize;
 
 /// Problems found in `spec`, each a sentence; empty when the spec is usable.
 pub fn check(spec: &GracefulServiceSpec) -> Vec<String> {
@@ -26,6 +27,9 @@ pub fn check(spec: &GracefulServiceSpec) -> Vec<String> {
         }
     }
     if let Some(problem) = image_problem(&spec.image) {
+        problems.push(problem);
+    }
+    if let Err(problem) = StepSize::parse(&spec.scale_down.step_size) {
         problems.push(problem);
     }
     problems

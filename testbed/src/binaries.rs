@@ -127,7 +127,7 @@ impl Drop for KillOnDrop {
 }
 
 /// Runs `script` (progress on stderr) and returns the folder it prints last.
-async fn run_script(script: &Path, what: &str) -> Result<PathBuf> {
+pub(crate) async fn run_script(script: &Path, what: &str) -> Result<PathBuf> {
     let started = Instant::now();
     let mut command = Command::new("bash");
     command

@@ -89,8 +89,11 @@ impl Testbed {
     /// Starts a supervisor watching this process and waits for its `KUBECONFIG=` line.
     fn spawn() -> Result<Self> {
         let testbed = bin_path("testbed")?;
+        // `TESTBED_UP_ARGS` adds flags, e.g. `--nodes 1 --kwok-nodes 4` for a scale bench.
+        let extra = std::env::var("TESTBED_UP_ARGS").unwrap_or_default();
         let mut child = Command::new(&testbed)
             .args(["up", "--watch-parent", &std::process::id().to_string()])
+            .args(extra.split_whitespace())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

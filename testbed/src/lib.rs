@@ -13,6 +13,7 @@ pub mod controlplane;
 pub mod fixture;
 pub mod images;
 pub mod kubeconfig;
+pub mod kwok;
 pub mod network;
 pub mod node;
 pub mod process;

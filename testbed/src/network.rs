@@ -44,8 +44,9 @@ pub fn node_port_range(slot: u8) -> (u16, u16) {
     (first, first + NODE_PORTS_PER_RUN - 1)
 }
 
-/// Real nodes per run: each takes a /24 of the run's /20 of pod addresses.
-pub const MAX_NODES: u32 = 16;
+/// Real nodes per run: each takes a /24 of the lower half of the run's /20 of pod addresses; the
+/// upper half is KWOK's ([`NetworkPlan::kwok_pod_cidr`]).
+pub const MAX_NODES: u32 = 8;
 
 /// Pods of all runs live in 10.128.0.0/12, Services in 10.96.0.0/12; each run takes a /20 of
 /// each (slot 1..=254 fits: 256 /20s in a /12).
@@ -88,6 +89,19 @@ impl NetworkPlan {
     pub fn node_pod_cidr(&self, index: u32) -> String {
         let base = u32::from(slot_block(PODS_SPACE, self.slot()));
         format!("{}/24", Ipv4Addr::from(base + (index << 8)))
+    }
+
+    /// The KWOK pods' addresses: the upper /21 of `cluster_cidr` (2046 pods), which no real
+    /// node uses.
+    pub fn kwok_pod_cidr(&self) -> String {
+        let base = u32::from(slot_block(PODS_SPACE, self.slot()));
+        format!("{}/21", Ipv4Addr::from(base + (MAX_NODES << 8)))
+    }
+
+    /// The address every KWOK node reports: one on the bridge's subnet that nothing holds.
+    pub fn kwok_node_ip(&self) -> Ipv4Addr {
+        let [a, b, c, _] = self.gateway.octets();
+        Ipv4Addr::new(a, b, c, 250)
     }
 
     fn slot(&self) -> u8 {
@@ -268,7 +282,9 @@ mod tests {
         assert_eq!(one.service_ip, Ipv4Addr::new(10, 96, 16, 1));
         assert_eq!(one.node_ip(2), Ipv4Addr::new(10, 213, 1, 12));
         assert_eq!(one.node_pod_cidr(0), "10.128.16.0/24");
-        assert_eq!(one.node_pod_cidr(MAX_NODES - 1), "10.128.31.0/24");
+        assert_eq!(one.node_pod_cidr(MAX_NODES - 1), "10.128.23.0/24");
+        assert_eq!(one.kwok_pod_cidr(), "10.128.24.0/21");
+        assert_eq!(one.kwok_node_ip(), Ipv4Addr::new(10, 213, 1, 250));
         let last = NetworkPlan::for_slot(254);
         assert_eq!(last.cluster_cidr, "10.143.224.0/20");
         assert_eq!(last.service_cidr, "10.111.224.0/20");

@@ -35,6 +35,11 @@ pub struct UpArgs {
     /// kube-proxy's mode on every node.
     #[arg(long, value_enum, default_value_t = ProxyMode::Iptables)]
     pub proxy_mode: ProxyMode,
+    /// Simulated nodes to add, run by KWOK (see `kwok.rs`): for scale tests with more pods than
+    /// the real nodes hold. Pods land there only with `nodeSelector: {type: kwok}` and a
+    /// toleration of the taint `kwok.x-k8s.io/node`.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=100))]
+    pub kwok_nodes: u32,
     /// Keep the run dir (logs, etcd data) after teardown.
     #[arg(long)]
     pub keep: bool,
@@ -69,6 +74,9 @@ pub struct RunInfo {
     /// The Services' cluster IP range (the host routes it to node 0).
     pub service_cidr: String,
     pub proxy_mode: ProxyMode,
+    /// The KWOK nodes (`--kwok-nodes`), if any.
+    #[serde(default)]
+    pub kwok_nodes: Vec<String>,
 }
 
 pub const RUN_INFO_FILE: &str = "testbed.json";
@@ -207,6 +215,22 @@ async fn start_and_watch(
     };
     let nodes = node::start(&setup, children).await?;
     wait_for_ready_nodes(&cp.kubeconfig, args.nodes, children, &run_dir.join("logs")).await?;
+    if args.kwok_nodes > 0 {
+        eprintln!("testbed: starting {} KWOK nodes", args.kwok_nodes);
+        let kwok = crate::kwok::Kwok::locate_or_build().await?;
+        let logs = run_dir.join("logs");
+        crate::kwok::start(
+            &kwok,
+            &cp.kubeconfig,
+            plan,
+            args.kwok_nodes,
+            children,
+            &logs,
+        )
+        .await?;
+        let all = args.nodes + args.kwok_nodes;
+        wait_for_ready_nodes(&cp.kubeconfig, all, children, &logs).await?;
+    }
     let info = RunInfo {
         kubeconfig: cp.kubeconfig.clone(),
         run_dir: run_dir.to_path_buf(),
@@ -226,6 +250,7 @@ async fn start_and_watch(
         images,
         service_cidr: plan.service_cidr.clone(),
         proxy_mode: args.proxy_mode,
+        kwok_nodes: (0..args.kwok_nodes).map(crate::kwok::node_name).collect(),
     };
     std::fs::write(
         run_dir.join(RUN_INFO_FILE),

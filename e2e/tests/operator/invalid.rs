@@ -2,6 +2,7 @@
 
 use anyhow::{Result, bail};
 use graceful_operator::GracefulService;
+use graceful_operator::planner::STEP_SIZE_RULE;
 use kube::api::{Api, ApiResource, DynamicObject, PostParams};
 use serde_json::{Value, json};
 
@@ -106,12 +107,27 @@ fn cases() -> Vec<(&'static str, Value, &'static str)> {
         (
             "stepSize 0",
             json!({"scaleDown": {"stepSize": 0}}),
-            "scaleDown.stepSize must be at least 1",
+            STEP_SIZE_RULE,
         ),
         (
             "stepSize -3",
             json!({"scaleDown": {"stepSize": -3}}),
-            "scaleDown.stepSize must be at least 1",
+            STEP_SIZE_RULE,
+        ),
+        (
+            "stepSize 0%",
+            json!({"scaleDown": {"stepSize": "0%"}}),
+            STEP_SIZE_RULE,
+        ),
+        (
+            "stepSize 150%",
+            json!({"scaleDown": {"stepSize": "150%"}}),
+            STEP_SIZE_RULE,
+        ),
+        (
+            "stepSize a number in a string",
+            json!({"scaleDown": {"stepSize": "10"}}),
+            STEP_SIZE_RULE,
         ),
         (
             "stepTimeoutSeconds 0",
@@ -232,6 +248,8 @@ pub async fn refused_by_schema(client: &kube::Client, ns: &str) -> Result<()> {
         json!({"rollout": {"maxSurge": 0, "maxUnavailable": 1}}),
         json!({"service": {"type": "NodePort", "nodePort": 30081}}),
         json!({"scaleDown": {"stepSize": 3}}),
+        json!({"scaleDown": {"stepSize": "10%"}}),
+        json!({"scaleDown": {"stepSize": "100%"}}),
     ];
     for (i, spec) in valid.iter().enumerate() {
         api.create(&PostParams::default(), &object(&format!("good-{i}"), spec)?)

@@ -47,8 +47,8 @@ pub(super) fn max_surge() -> IntOrString {
 pub(super) fn max_unavailable() -> IntOrString {
     IntOrString::Int(0)
 }
-pub(super) fn step_size() -> i32 {
-    1
+pub(super) fn step_size() -> IntOrString {
+    IntOrString::Int(1)
 }
 pub(super) fn step_timeout() -> i32 {
     300

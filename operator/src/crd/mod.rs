@@ -240,11 +240,11 @@ pub struct RolloutSpec {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct ScaleDownSpec {
-    /// Pods removed per step.
+    /// Pods removed per step: a count (`3`) or a percentage of the replicas the step starts
+    /// from (`"10%"`: 100 pods at 1000 replicas, 10 at 100; rounded up, at least 1 pod).
     #[serde(default = "defaults::step_size")]
-    #[schemars(range(min = 1))]
-    #[x_kube(validation = Rule::new("self >= 1").message("scaleDown.stepSize must be at least 1"))]
-    pub step_size: i32,
+    #[x_kube(validation = Rule::new("type(self) == int ? self >= 1 : self.matches('^([1-9][0-9]?|100)%$')").message(crate::planner::STEP_SIZE_RULE))]
+    pub step_size: IntOrString,
     /// Minimum seconds between two steps, on top of waiting for the previous step to settle.
     #[serde(default)]
     #[schemars(range(min = 0, max = 86400))]

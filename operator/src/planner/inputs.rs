@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::jiff::Timestamp;
 
 /// What the Deployment reports, from a GET at the start of the reconcile.
@@ -72,8 +73,8 @@ pub struct PodView {
 /// Pace settings of a scale-down (from `spec.scaleDown`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StepPolicy {
-    /// Pods removed per step (at least 1).
-    pub step_size: i32,
+    /// Pods removed per step.
+    pub step_size: StepSize,
     /// Minimum time between two steps.
     pub min_interval: Duration,
     /// A walk held this long reports Degraded.
@@ -96,3 +97,47 @@ pub struct Observation {
     /// Pace settings.
     pub policy: StepPolicy,
 }
+
+/// `spec.scaleDown.stepSize`: a count of pods, or a percentage of the replicas a step starts
+/// from, so that one setting fits a service of 10 replicas and one of 1000.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StepSize {
+    /// This many pods per step (at least 1).
+    Pods(i32),
+    /// This percentage (1 to 100) of the replicas at the step's start, rounded up.
+    Percent(i32),
+}
+
+impl StepSize {
+    /// Reads the field as the CRD's schema admits it: an integer of at least 1, or `"N%"` with N
+    /// from 1 to 100. The error is the sentence a user sees in the Degraded condition.
+    pub fn parse(value: &IntOrString) -> Result<Self, String> {
+        match value {
+            IntOrString::Int(pods) if *pods >= 1 => Ok(Self::Pods(*pods)),
+            IntOrString::String(text) => text
+                .strip_suffix('%')
+                .and_then(|n| n.parse::<i32>().ok())
+                .filter(|n| (1..=100).contains(n))
+                .map(Self::Percent)
+                .ok_or_else(|| STEP_SIZE_RULE.to_string()),
+            IntOrString::Int(_) => Err(STEP_SIZE_RULE.to_string()),
+        }
+    }
+
+    /// Pods a step removes when it starts from `current` replicas: at least 1. A percentage is
+    /// rounded up, as the HorizontalPodAutoscaler's `Percent` policy and a Deployment's
+    /// `maxSurge` are.
+    pub fn pods_at(self, current: i32) -> i32 {
+        match self {
+            Self::Pods(pods) => pods.max(1),
+            Self::Percent(percent) => {
+                let pods = (i64::from(current.max(0)) * i64::from(percent) + 99) / 100;
+                i32::try_from(pods).unwrap_or(i32::MAX).max(1)
+            }
+        }
+    }
+}
+
+/// What `spec.scaleDown.stepSize` must be; the CRD's CEL rule says the same.
+pub const STEP_SIZE_RULE: &str =
+    "scaleDown.stepSize must be a count of at least 1 or a percentage from 1% to 100%";

@@ -20,7 +20,9 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use crate::crd::Phase;
 
 mod inputs;
-pub use inputs::{DeploymentObservation, Observation, PodView, StepClock, StepPolicy};
+pub use inputs::{
+    DeploymentObservation, Observation, PodView, STEP_SIZE_RULE, StepClock, StepPolicy, StepSize,
+};
 
 /// How long a surplus pod must have been unready by its own state before a walk removes it
 /// without waiting. Pods that only the node-lifecycle controller marked not ready never count
@@ -279,7 +281,10 @@ pub fn plan(obs: &Observation) -> Decision {
                     decision.wait = Some(Wait::Interval { remaining });
                     decision.requeue_after = remaining.max(Duration::from_secs(1));
                 }
-                _ => take_step(&mut decision, obs, obs.policy.step_size, StepKind::Drain),
+                _ => {
+                    let pods = obs.policy.step_size.pods_at(obs.deployment.spec_replicas);
+                    take_step(&mut decision, obs, pods, StepKind::Drain);
+                }
             }
         }
     }

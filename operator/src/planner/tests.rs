@@ -1,9 +1,10 @@
 use super::*;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use proptest::prelude::*;
 
 fn policy(step_size: i32) -> StepPolicy {
     StepPolicy {
-        step_size,
+        step_size: StepSize::Pods(step_size),
         min_interval: Duration::ZERO,
         step_timeout: Duration::from_secs(300),
     }
@@ -286,7 +287,7 @@ fn scale_up_mid_walk_ends_the_walk() {
 }
 
 /// A toy cluster that settles every step, to walk whole scale-downs through the planner.
-fn walk(start: i32, desired: i32, step_size: i32, unsettled_rounds: usize) -> Vec<i32> {
+fn walk(start: i32, desired: i32, step_size: StepSize, unsettled_rounds: usize) -> Vec<i32> {
     let mut at = start;
     let mut seen = vec![at];
     let mut clock = StepClock::default();
@@ -295,7 +296,7 @@ fn walk(start: i32, desired: i32, step_size: i32, unsettled_rounds: usize) -> Ve
         // While a step settles the planner is asked repeatedly and must hold.
         for round in 0..unsettled_rounds {
             let mut o = observation(desired, at);
-            o.policy = policy(step_size);
+            o.policy.step_size = step_size;
             o.deployment.clock = clock;
             o.now = now;
             for i in 0..=round % 2 {
@@ -307,7 +308,7 @@ fn walk(start: i32, desired: i32, step_size: i32, unsettled_rounds: usize) -> Ve
         let hold = replicas_to_hold(desired, Some(at));
         assert_eq!(hold, at.max(desired));
         let mut o = observation(desired, hold);
-        o.policy = policy(step_size);
+        o.policy.step_size = step_size;
         o.deployment.clock = clock;
         o.now = now;
         let d = plan(&o);
@@ -324,15 +325,82 @@ fn walk(start: i32, desired: i32, step_size: i32, unsettled_rounds: usize) -> Ve
 
 #[test]
 fn twenty_to_one_walks_every_step() {
-    assert_eq!(walk(20, 1, 1, 2), (1..=20).rev().collect::<Vec<_>>());
+    assert_eq!(
+        walk(20, 1, StepSize::Pods(1), 2),
+        (1..=20).rev().collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn step_size_reads_counts_and_percentages() {
+    let parse = |v: IntOrString| StepSize::parse(&v);
+    assert_eq!(parse(IntOrString::Int(3)), Ok(StepSize::Pods(3)));
+    assert_eq!(
+        parse(IntOrString::String("10%".into())),
+        Ok(StepSize::Percent(10))
+    );
+    assert_eq!(
+        parse(IntOrString::String("100%".into())),
+        Ok(StepSize::Percent(100))
+    );
+    for bad in ["0%", "101%", "10", "ten%", "-5%", "%", "5.5%", ""] {
+        assert_eq!(
+            parse(IntOrString::String(bad.into())),
+            Err(STEP_SIZE_RULE.to_string()),
+            "{bad:?}"
+        );
+    }
+    assert!(parse(IntOrString::Int(0)).is_err());
+    assert!(parse(IntOrString::Int(-2)).is_err());
+}
+
+#[test]
+fn a_percentage_is_of_the_replicas_the_step_starts_from_rounded_up() {
+    let ten = StepSize::Percent(10);
+    assert_eq!(ten.pods_at(1000), 100);
+    assert_eq!(ten.pods_at(901), 91);
+    assert_eq!(ten.pods_at(5), 1);
+    assert_eq!(ten.pods_at(0), 1);
+    assert_eq!(StepSize::Percent(33).pods_at(10), 4);
+    assert_eq!(StepSize::Percent(100).pods_at(7), 7);
+    assert_eq!(StepSize::Percent(100).pods_at(i32::MAX), i32::MAX);
+    assert_eq!(StepSize::Pods(3).pods_at(1000), 3);
+}
+
+#[test]
+fn a_thousand_to_one_by_ten_percent_takes_steps_that_shrink_with_the_service() {
+    let seen = walk(1000, 1, StepSize::Percent(10), 1);
+    assert_eq!(seen.last(), Some(&1));
+    assert_eq!(&seen[..4], &[1000, 900, 810, 729]);
+    for pair in seen.windows(2) {
+        assert_eq!(pair[0] - pair[1], ((pair[0] + 9) / 10).min(pair[0] - 1));
+    }
+    // 49 steps of 10% (rounded up), where steps of 1 pod take 999; the last 9 remove 1 each.
+    assert_eq!(seen.len() - 1, 49);
 }
 
 proptest! {
     #[test]
+    fn percentage_walks_end_at_the_target_in_steps_of_at_most_their_share(
+        start in 0i32..2000, desired in 0i32..2000, percent in 1i32..=100,
+    ) {
+        let seen = walk(start, desired, StepSize::Percent(percent), 0);
+        prop_assert_eq!(*seen.last().unwrap(), desired);
+        for pair in seen.windows(2) {
+            if start > desired {
+                let share = (i64::from(pair[0]) * i64::from(percent) + 99) / 100;
+                prop_assert!(pair[1] < pair[0]);
+                prop_assert!(i64::from(pair[0] - pair[1]) <= share.max(1));
+                prop_assert!(pair[1] >= desired);
+            }
+        }
+    }
+
+    #[test]
     fn walks_down_in_bounded_steps_and_never_overshoots(
         start in 0i32..60, desired in 0i32..60, step_size in 1i32..7, unsettled in 0usize..3,
     ) {
-        let seen = walk(start, desired, step_size, unsettled);
+        let seen = walk(start, desired, StepSize::Pods(step_size), unsettled);
         prop_assert_eq!(*seen.last().unwrap(), desired);
         for pair in seen.windows(2) {
             if start > desired {
