@@ -19,6 +19,10 @@ step "node runtime: containerd, runc, CNI plugins, umoci, iptables, nftables (ca
 TESTBED_NODE_RUNTIME_DIR=$(testbed/scripts/install-node-runtime.sh)
 export TESTBED_NODE_RUNTIME_DIR
 
+step "metrics-server, for the HorizontalPodAutoscaler proof (cached)"
+TESTBED_METRICS_SERVER_DIR=$(testbed/scripts/build-tool.sh metrics-server)
+export TESTBED_METRICS_SERVER_DIR
+
 step "Rust binaries (app, operator, testbed tools)"
 cargo build --locked --workspace --bins
 

@@ -42,10 +42,20 @@ pub async fn main_handler<B>(
     if request.method() != Method::GET && request.method() != Method::HEAD {
         return Ok(ctx.respond(StatusCode::METHOD_NOT_ALLOWED, "use GET\n"));
     }
-    let delay = match requested_work(request.uri().query(), work.default_work, work.max_work) {
-        Ok(delay) => delay,
-        Err(message) => return Ok(ctx.respond(StatusCode::BAD_REQUEST, message)),
+    let query = request.uri().query();
+    let (delay, cpu) = match (
+        requested_work(query, work.default_work, work.max_work),
+        requested_cpu(query, work.max_work),
+    ) {
+        (Ok(delay), Ok(cpu)) => (delay, cpu),
+        (Err(message), _) | (_, Err(message)) => {
+            return Ok(ctx.respond(StatusCode::BAD_REQUEST, message));
+        }
     };
+    if !cpu.is_zero() {
+        // On a blocking thread: the async workers keep serving the other connections.
+        let _ = tokio::task::spawn_blocking(move || burn(cpu)).await;
+    }
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
@@ -60,19 +70,43 @@ pub fn requested_work(
     default: Duration,
     cap: Duration,
 ) -> Result<Duration, String> {
-    let Some(query) = query else {
-        return Ok(default);
-    };
-    for pair in query.split('&') {
+    Ok(millis_param(query, "work_ms", cap)?.unwrap_or(default))
+}
+
+/// The CPU time a request asks to burn before its work time: `cpu_ms=N` (capped at `cap`), 0
+/// when absent. It makes the app's CPU use follow its load, as a HorizontalPodAutoscaler on CPU
+/// expects of a real service.
+pub fn requested_cpu(query: Option<&str>, cap: Duration) -> Result<Duration, String> {
+    Ok(millis_param(query, "cpu_ms", cap)?.unwrap_or(Duration::ZERO))
+}
+
+/// The value of `name=N` milliseconds in `query`, capped at `cap`; None when absent.
+fn millis_param(
+    query: Option<&str>,
+    name: &str,
+    cap: Duration,
+) -> Result<Option<Duration>, String> {
+    for pair in query.unwrap_or_default().split('&') {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        if key == "work_ms" {
+        if key == name {
             let millis: u64 = value.parse().map_err(|_| {
-                format!("work_ms must be a whole number of milliseconds, got {value:?}\n")
+                format!("{name} must be a whole number of milliseconds, got {value:?}\n")
             })?;
-            return Ok(Duration::from_millis(millis).min(cap));
+            return Ok(Some(Duration::from_millis(millis).min(cap)));
         }
     }
-    Ok(default)
+    Ok(None)
+}
+
+/// Keeps one core busy for `time` (wall clock, which equals CPU time unless the core is shared).
+fn burn(time: Duration) {
+    let started = std::time::Instant::now();
+    let mut x: u64 = 1;
+    while started.elapsed() < time {
+        for _ in 0..1_000 {
+            x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+        }
+    }
 }
 
 #[cfg(test)]
@@ -102,6 +136,24 @@ mod tests {
             requested_work(Some("work_ms=999999"), DEFAULT, CAP),
             Ok(CAP)
         );
+    }
+
+    #[test]
+    fn cpu_time_is_read_and_capped_and_absent_means_none() {
+        assert_eq!(requested_cpu(None, CAP), Ok(Duration::ZERO));
+        assert_eq!(
+            requested_cpu(Some("work_ms=5&cpu_ms=20"), CAP),
+            Ok(Duration::from_millis(20))
+        );
+        assert_eq!(requested_cpu(Some("cpu_ms=999999"), CAP), Ok(CAP));
+        assert!(requested_cpu(Some("cpu_ms=x"), CAP).is_err());
+    }
+
+    #[test]
+    fn burning_takes_the_time_asked() {
+        let started = std::time::Instant::now();
+        burn(Duration::from_millis(5));
+        assert!(started.elapsed() >= Duration::from_millis(5));
     }
 
     #[test]

@@ -296,9 +296,15 @@ async fn operator_footprint_report() -> Result<()> {
     for prefer_idle in [true, false] {
         let scoped = bench.namespace_with_operator("bench-real").await?;
         let (steps, seconds, writes) = real_walk(&bench, &scoped, prefer_idle).await?;
+        let per_step = seconds / steps as f64;
+        let drain = f64::from(quick_spec(1).shutdown.drain_delay_seconds);
         writes_table(
             &mut report,
-            &format!("preferIdlePods: {prefer_idle}, walk {seconds:.1} s"),
+            &format!(
+                "preferIdlePods: {prefer_idle}, walk {seconds:.1} s: {per_step:.2} s per step, \
+                 the drain delay ({drain:.0} s) + {:.0} ms",
+                (per_step - drain) * 1000.0
+            ),
             &writes,
             steps,
         );

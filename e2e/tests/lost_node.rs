@@ -181,6 +181,20 @@ async fn a_node_lost_mid_scale_down_is_passed_and_its_pods_reported() -> Result<
         format!("the walk did not end within {BOUND:?} of losing {LOST}: steps {steps:?}, last status: {last}")
     })?;
     eprintln!("lost node outcome: {outcome}; Degraded reports: {reports:?}");
+    // When the failures started, on the clock of the status lines above (seconds after the loss).
+    let failures: Vec<String> = report
+        .records
+        .iter()
+        .filter(|r| !r.is_ok())
+        .take(20)
+        .map(|r| {
+            let at = match r.start.checked_duration_since(lost_at) {
+                Some(after) => after.as_secs_f64(),
+                None => -lost_at.duration_since(r.start).as_secs_f64(),
+            };
+            format!("{at:.2} s {:?}", r.error.map(|e| e.to_string()))
+        })
+        .collect();
     let named = reports
         .iter()
         .any(|r| r.contains("their node not acting") && r.contains(&format!("on {LOST}")));
@@ -188,6 +202,9 @@ async fn a_node_lost_mid_scale_down_is_passed_and_its_pods_reported() -> Result<
         named,
         "the pods left on {LOST} were never reported: {reports:?}"
     );
-    anyhow::ensure!(report.errors() == 0, "{report}");
+    anyhow::ensure!(
+        report.errors() == 0,
+        "{report}\nfailed at (s after the loss): {failures:?}"
+    );
     Ok(())
 }

@@ -15,6 +15,7 @@ use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::jiff::Timestamp;
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -115,6 +116,7 @@ pub async fn run(
     ctx: Arc<Context>,
     writers: CacheWriters,
     namespace: Option<String>,
+    concurrency: u16,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let client = ctx.client.clone();
@@ -123,13 +125,23 @@ pub async fn run(
         scoped::<GracefulService>(&client, &namespace),
         watcher::Config::default(),
     )
+    .modify(slim)
     .reflect(writers.gsvcs)
     .applied_objects();
     let metrics = ctx.metrics.clone();
+    // Deployments, pods and EndpointSlices only trigger reconciles (which read them fresh), so
+    // their watches carry metadata only: a tenth of a pod's bytes, for 1000 pods at a time.
     Controller::for_stream(gsvcs, ctx.gsvcs.clone())
-        .owns(scoped::<Deployment>(&client, &namespace), managed.clone())
+        .owns_stream(
+            watcher(
+                scoped::<PartialObjectMeta<Deployment>>(&client, &namespace),
+                managed.clone(),
+            )
+            .touched_objects(),
+        )
         .owns_stream(
             watcher(scoped::<Service>(&client, &namespace), managed.clone())
+                .modify(slim)
                 .reflect(writers.services)
                 .touched_objects(),
         )
@@ -138,20 +150,28 @@ pub async fn run(
                 scoped::<PodDisruptionBudget>(&client, &namespace),
                 managed.clone(),
             )
+            .modify(slim)
             .reflect(writers.budgets)
             .touched_objects(),
         )
-        .watches(
-            scoped::<Pod>(&client, &namespace),
-            managed.clone(),
-            |pod: Pod| owner_by_label(&pod, NAME_KEY),
+        .watches_stream(
+            watcher(
+                scoped::<PartialObjectMeta<Pod>>(&client, &namespace),
+                managed.clone(),
+            )
+            .touched_objects(),
+            |pod| owner_by_label(&pod, NAME_KEY),
         )
-        .watches(
-            scoped::<EndpointSlice>(&client, &namespace),
-            managed,
-            |slice: EndpointSlice| owner_by_label(&slice, SERVICE_NAME_LABEL),
+        .watches_stream(
+            watcher(
+                scoped::<PartialObjectMeta<EndpointSlice>>(&client, &namespace),
+                managed,
+            )
+            .touched_objects(),
+            |slice| owner_by_label(&slice, SERVICE_NAME_LABEL),
         )
         .trigger_backoff(WatchBackoff::default())
+        .with_config(controller::Config::default().concurrency(concurrency))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| {
@@ -187,6 +207,14 @@ where
 }
 
 /// Maps a pod or EndpointSlice to the GracefulService named by one of its labels.
+/// Drops from a cached object what no reconcile reads and what weighs most in it: the field
+/// sets of `managedFields`. The managers' names stay (a conflict message names them).
+fn slim<K: Resource>(obj: &mut K) {
+    for entry in obj.meta_mut().managed_fields.iter_mut().flatten() {
+        entry.fields_v1 = None;
+    }
+}
+
 fn owner_by_label<K: Resource>(obj: &K, key: &str) -> Option<ObjectRef<GracefulService>> {
     let name = obj.meta().labels.as_ref()?.get(key)?;
     let namespace = obj.meta().namespace.as_deref()?;

@@ -67,6 +67,16 @@ struct Args {
         value_parser = namespace_name
     )]
     namespaces: Vec<String>,
+    /// Reconciles that run at once, per watched scope. Bounded so that a burst (1000
+    /// GracefulServices created at once) queues in the operator instead of piling requests onto
+    /// the API server, where each would wait behind all the others.
+    #[arg(
+        long,
+        env = "GRACEFUL_OPERATOR_MAX_CONCURRENT_RECONCILES",
+        default_value_t = 16,
+        value_parser = clap::value_parser!(u16).range(1..)
+    )]
+    max_concurrent_reconciles: u16,
 }
 
 /// A namespace name as Kubernetes accepts it (an RFC 1123 label): refused here with a clear
@@ -138,6 +148,7 @@ async fn run_controllers(
     client: &kube::Client,
     metrics: &Metrics,
     scopes: Vec<Option<String>>,
+    concurrency: u16,
     shutdown: Shared<BoxFuture<'static, ()>>,
     state: &Arc<http::State>,
 ) {
@@ -155,9 +166,9 @@ async fn run_controllers(
         readiness.ready.store(true, Ordering::Relaxed);
         tracing::info!("caches synced; ready");
     });
-    let controllers = contexts
-        .into_iter()
-        .map(|(ctx, writers, scope)| controller::run(ctx, writers, scope, shutdown.clone()));
+    let controllers = contexts.into_iter().map(|(ctx, writers, scope)| {
+        controller::run(ctx, writers, scope, concurrency, shutdown.clone())
+    });
     futures::future::join_all(controllers).await;
     ready.abort();
 }
@@ -195,10 +206,12 @@ async fn run(args: Args, scopes: Vec<Option<String>>) -> Result<(), Box<dyn std:
     );
 
     let client = kube::Client::try_default().await?;
+    let concurrency = args.max_concurrent_reconciles;
     let mut stop = Box::pin(shutdown_signal());
 
     if args.leader_election == Switch::Off {
-        run_controllers(&client, &metrics, scopes, stop.boxed().shared(), &state).await;
+        let stop = stop.boxed().shared();
+        run_controllers(&client, &metrics, scopes, concurrency, stop, &state).await;
         return Ok(());
     }
     let lease = LeaseConfig {
@@ -233,7 +246,7 @@ async fn run(args: Args, scopes: Vec<Option<String>>) -> Result<(), Box<dyn std:
     // After a loss the controller gets STOP_GRACE to finish, then the process ends anyway: its
     // writes must stop before the lease can expire for the standby (leader.rs).
     let stopped_in_time = tokio::select! {
-        () = run_controllers(&client, &metrics, scopes, end, &state) => true,
+        () = run_controllers(&client, &metrics, scopes, concurrency, end, &state) => true,
         () = async {
             lost.clone().await;
             tokio::time::sleep(leader::STOP_GRACE).await;

@@ -75,6 +75,17 @@ impl NodeRuntime {
     }
 }
 
+/// `scripts/build-tool.sh`: builds a Go tool of the testbed from `go/<name>` (KWOK,
+/// metrics-server).
+pub fn tool_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/build-tool.sh")
+}
+
+/// Runs `build-tool.sh <name>` and returns the folder it prints.
+pub(crate) async fn run_tool_build(name: &str) -> Result<PathBuf> {
+    run_script_with(&tool_script(), &[name], &format!("{name} build")).await
+}
+
 pub fn build_script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/build-controlplane.sh")
 }
@@ -127,11 +138,17 @@ impl Drop for KillOnDrop {
 }
 
 /// Runs `script` (progress on stderr) and returns the folder it prints last.
-pub(crate) async fn run_script(script: &Path, what: &str) -> Result<PathBuf> {
+async fn run_script(script: &Path, what: &str) -> Result<PathBuf> {
+    run_script_with(script, &[], what).await
+}
+
+/// Runs `script` with `args`; see [`run_script`].
+async fn run_script_with(script: &Path, args: &[&str], what: &str) -> Result<PathBuf> {
     let started = Instant::now();
     let mut command = Command::new("bash");
     command
         .arg(script)
+        .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());

@@ -29,7 +29,16 @@ pub struct Pki {
     pub kube_proxy: ClientCert,
     /// One per node, `system:node:<name>` in `system:nodes`, as the Node authorizer expects.
     pub nodes: Vec<ClientCert>,
+    /// The CA of the aggregation layer's front proxy (`--requestheader-client-ca-file`), apart
+    /// from the cluster's CA as the Kubernetes docs advise, and the API server's certificate
+    /// towards aggregated API servers such as metrics-server (`--proxy-client-cert-file`).
+    pub front_proxy_ca: PathBuf,
+    pub front_proxy_client: ClientCert,
 }
+
+/// The common name the API server's front-proxy certificate carries
+/// (`--requestheader-allowed-names`).
+pub const FRONT_PROXY_CLIENT: &str = "front-proxy-client";
 
 #[derive(Debug, Clone)]
 pub struct ClientCert {
@@ -58,9 +67,15 @@ pub fn generate(
         KeyUsagePurpose::CrlSign,
         KeyUsagePurpose::DigitalSignature,
     ];
-    let ca = CertifiedIssuer::self_signed(ca_params, ca_key)?;
+    let ca = CertifiedIssuer::self_signed(ca_params.clone(), ca_key)?;
     let ca_cert = write(dir, "ca.crt", &ca.pem())?;
     write(dir, "ca.key", &ca.key().serialize_pem())?;
+    ca_params.distinguished_name = rcgen::DistinguishedName::new();
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "graceful-testbed-front-proxy-ca");
+    let front_proxy = CertifiedIssuer::self_signed(ca_params, KeyPair::generate()?)?;
+    let front_proxy_ca = write(dir, "front-proxy-ca.crt", &front_proxy.pem())?;
 
     let sans = vec![
         "127.0.0.1".to_string(),
@@ -83,7 +98,11 @@ pub fn generate(
     let apiserver_cert = write(dir, "apiserver.crt", &serving_cert.pem())?;
     let apiserver_key = write(dir, "apiserver.key", &serving_key.serialize_pem())?;
 
-    let client = |file: &str, cn: &str, org: Option<&str>| -> Result<ClientCert> {
+    let issue = |issuer: &CertifiedIssuer<'_, KeyPair>,
+                 file: &str,
+                 cn: &str,
+                 org: Option<&str>|
+     -> Result<ClientCert> {
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         params.distinguished_name.push(DnType::CommonName, cn);
         if let Some(org) = org {
@@ -94,12 +113,14 @@ pub fn generate(
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         let key = KeyPair::generate()?;
-        let cert = params.signed_by(&key, &ca)?;
+        let cert = params.signed_by(&key, issuer)?;
         Ok(ClientCert {
             cert: write(dir, &format!("{file}.crt"), &cert.pem())?,
             key: write(dir, &format!("{file}.key"), &key.serialize_pem())?,
         })
     };
+    let client = |file: &str, cn: &str, org: Option<&str>| issue(&ca, file, cn, org);
+    let front_proxy_client = issue(&front_proxy, "front-proxy-client", FRONT_PROXY_CLIENT, None)?;
     let admin = client("admin", "admin", Some("system:masters"))?;
     let controller_manager = client(
         "kube-controller-manager",
@@ -140,6 +161,8 @@ pub fn generate(
         apiserver_kubelet_client,
         kube_proxy,
         nodes,
+        front_proxy_ca,
+        front_proxy_client,
     })
 }
 
@@ -177,6 +200,8 @@ mod tests {
             &pki.apiserver_cert,
             &pki.admin.cert,
             &pki.sa_pub,
+            &pki.front_proxy_ca,
+            &pki.front_proxy_client.cert,
         ] {
             assert!(std::fs::read_to_string(path)?.starts_with("-----BEGIN"));
         }

@@ -11,7 +11,7 @@ use anyhow::{Context, Result, bail};
 use k8s_openapi::api::core::v1::ServiceAccount;
 
 use crate::binaries::Binaries;
-use crate::certs::Pki;
+use crate::certs::{self, Pki};
 use crate::kubeconfig;
 use crate::network::NetworkPlan;
 use crate::process::Children;
@@ -138,6 +138,20 @@ pub async fn start(
         // The node's InternalIP only: a hostname would be looked up in the host's DNS, and that
         // lookup would leave the machine.
         ("kubelet-preferred-address-types", "InternalIP"),
+        // The aggregation layer, for metrics-server's metrics.k8s.io (see `metrics.rs`): the
+        // API server proxies to it with the front-proxy certificate and reaches it at its
+        // endpoint's address (it runs on the host, outside any Service's proxy).
+        ("requestheader-client-ca-file", &path(&pki.front_proxy_ca)),
+        ("requestheader-allowed-names", certs::FRONT_PROXY_CLIENT),
+        ("requestheader-username-headers", "X-Remote-User"),
+        ("requestheader-group-headers", "X-Remote-Group"),
+        ("requestheader-extra-headers-prefix", "X-Remote-Extra-"),
+        (
+            "proxy-client-cert-file",
+            &path(&pki.front_proxy_client.cert),
+        ),
+        ("proxy-client-key-file", &path(&pki.front_proxy_client.key)),
+        ("enable-aggregator-routing", "true"),
         (
             "service-node-port-range",
             &format!("{}-{}", node_ports.0, node_ports.1),

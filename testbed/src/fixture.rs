@@ -55,12 +55,18 @@ macro_rules! skip_without_cluster {
 /// The testbed of this test binary, started on first use. Blocks while it starts; all tests of
 /// the binary get the same one (or the same startup error).
 pub fn shared() -> Result<&'static Testbed> {
+    shared_with(&[])
+}
+
+/// [`shared`], started with `testbed up` flags of the test binary's own (e.g.
+/// `--metrics-server`); every test of a binary must ask for the same flags.
+pub fn shared_with(flags: &[&str]) -> Result<&'static Testbed> {
     static SHARED: OnceLock<std::result::Result<Testbed, String>> = OnceLock::new();
     SHARED
         .get_or_init(|| {
             let started = match std::env::var_os("TESTBED_KUBECONFIG") {
                 Some(path) => Testbed::from_kubeconfig(Path::new(&path)),
-                None => Testbed::spawn(),
+                None => Testbed::spawn(flags),
             };
             started.map_err(|error| format!("{error:#}"))
         })
@@ -87,12 +93,13 @@ impl Testbed {
     }
 
     /// Starts a supervisor watching this process and waits for its `KUBECONFIG=` line.
-    fn spawn() -> Result<Self> {
+    fn spawn(flags: &[&str]) -> Result<Self> {
         let testbed = bin_path("testbed")?;
         // `TESTBED_UP_ARGS` adds flags, e.g. `--nodes 1 --kwok-nodes 4` for a scale bench.
         let extra = std::env::var("TESTBED_UP_ARGS").unwrap_or_default();
         let mut child = Command::new(&testbed)
             .args(["up", "--watch-parent", &std::process::id().to_string()])
+            .args(flags)
             .args(extra.split_whitespace())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

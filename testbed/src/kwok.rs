@@ -1,6 +1,6 @@
 //! KWOK mode (`testbed up --kwok-nodes N`): N simulated nodes next to the real ones, for scale
 //! tests of the operator with more pods than this machine could run. KWOK (sigs.k8s.io/kwok,
-//! built from `go/kwok` by `scripts/build-kwok.sh`) is the standard tool for this: it plays the
+//! built from `go/kwok` by `scripts/build-tool.sh kwok`) is the standard tool for this: it plays the
 //! kubelet's part in the API for the nodes it manages (status, leases) and their pods, driven by
 //! its own "fast" stages: a pod goes Ready as soon as it is bound, and a deleted pod is removed
 //! at once. Nothing runs for such a pod; its address is taken from [`NetworkPlan::kwok_pod_cidr`],
@@ -15,7 +15,7 @@ use anyhow::{Context, Result, bail};
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, PostParams};
 
-use crate::binaries::run_script;
+use crate::binaries::{run_tool_build, tool_script};
 use crate::network::{NetworkPlan, ip};
 use crate::process::Children;
 
@@ -32,23 +32,19 @@ pub struct Kwok {
     pub dir: PathBuf,
 }
 
-pub fn build_script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/build-kwok.sh")
-}
-
 impl Kwok {
     /// Uses `TESTBED_KWOK_DIR` if set, else runs the build script (at once when built).
     pub async fn locate_or_build() -> Result<Self> {
         let dir = match std::env::var_os("TESTBED_KWOK_DIR") {
             Some(dir) => PathBuf::from(dir),
-            None => run_script(&build_script(), "kwok build").await?,
+            None => run_tool_build("kwok").await?,
         };
         for file in ["kwok", "stages.yaml"] {
             if !dir.join(file).is_file() {
                 bail!(
-                    "{} is missing; rebuild with {}",
+                    "{} is missing; rebuild with {} kwok",
                     dir.join(file).display(),
-                    build_script().display()
+                    tool_script().display()
                 );
             }
         }

@@ -14,10 +14,11 @@ pub mod fixture;
 pub mod images;
 pub mod kubeconfig;
 pub mod kwok;
+pub mod metrics;
 pub mod network;
 pub mod node;
 pub mod process;
 pub mod slot;
 pub mod supervisor;
 
-pub use fixture::{Testbed, bin_path, shared};
+pub use fixture::{Testbed, bin_path, shared, shared_with};

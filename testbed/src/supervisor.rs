@@ -40,6 +40,10 @@ pub struct UpArgs {
     /// toleration of the taint `kwok.x-k8s.io/node`.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=100))]
     pub kwok_nodes: u32,
+    /// Start metrics-server and register `metrics.k8s.io` (see `metrics.rs`), for
+    /// HorizontalPodAutoscalers on CPU and `kubectl top`.
+    #[arg(long)]
+    pub metrics_server: bool,
     /// Keep the run dir (logs, etcd data) after teardown.
     #[arg(long)]
     pub keep: bool,
@@ -77,6 +81,9 @@ pub struct RunInfo {
     /// The KWOK nodes (`--kwok-nodes`), if any.
     #[serde(default)]
     pub kwok_nodes: Vec<String>,
+    /// Whether metrics-server runs (`--metrics-server`).
+    #[serde(default)]
+    pub metrics_server: bool,
 }
 
 pub const RUN_INFO_FILE: &str = "testbed.json";
@@ -231,6 +238,19 @@ async fn start_and_watch(
         let all = args.nodes + args.kwok_nodes;
         wait_for_ready_nodes(&cp.kubeconfig, all, children, &logs).await?;
     }
+    if args.metrics_server {
+        eprintln!("testbed: starting metrics-server");
+        let server = crate::metrics::MetricsServer::locate_or_build().await?;
+        crate::metrics::start(
+            &server,
+            &cp.kubeconfig,
+            &pki,
+            plan.gateway,
+            children,
+            run_dir,
+        )
+        .await?;
+    }
     let info = RunInfo {
         kubeconfig: cp.kubeconfig.clone(),
         run_dir: run_dir.to_path_buf(),
@@ -251,6 +271,7 @@ async fn start_and_watch(
         service_cidr: plan.service_cidr.clone(),
         proxy_mode: args.proxy_mode,
         kwok_nodes: (0..args.kwok_nodes).map(crate::kwok::node_name).collect(),
+        metrics_server: args.metrics_server,
     };
     std::fs::write(
         run_dir.join(RUN_INFO_FILE),
