@@ -76,6 +76,7 @@ pub async fn act(gsvc: &GracefulService, plan: Plan, ctx: &Context) -> Result<Ac
     }
     if let Some(status) = &plan.status {
         write_status(client, ns, name, status).await?;
+        ctx.wrote_status(gsvc, status);
     }
     Ok(Action::requeue(plan.requeue_after))
 }

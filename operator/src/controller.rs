@@ -24,7 +24,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 
 use crate::FIELD_MANAGER;
 use crate::act::act;
-use crate::crd::{GracefulService, MANAGED_SELECTOR, NAME_KEY};
+use crate::crd::{GracefulService, GracefulServiceStatus, MANAGED_SELECTOR, NAME_KEY};
 use crate::decide::{self, decide};
 use crate::drift::LastApplied;
 use crate::error::Error;
@@ -52,6 +52,10 @@ pub struct Context {
     services: Store<Service>,
     /// The managed PodDisruptionBudgets as their watch last saw them (filled by [`run`]).
     budgets: Store<PodDisruptionBudget>,
+    /// The status this process last wrote, per GracefulService uid. The reconcile that a step's
+    /// own changes trigger often runs before the watch cache shows the status the step wrote;
+    /// compared with the older one there, the same status would be written again.
+    written: Mutex<HashMap<String, GracefulServiceStatus>>,
 }
 
 /// The write halves of [`Context`]'s caches, consumed by [`run`]'s watches.
@@ -78,6 +82,7 @@ impl Context {
             metrics,
             applied: LastApplied::default(),
             failures: Mutex::new(HashMap::new()),
+            written: Mutex::new(HashMap::new()),
             gsvcs,
             services,
             budgets,
@@ -206,7 +211,6 @@ where
     }
 }
 
-/// Maps a pod or EndpointSlice to the GracefulService named by one of its labels.
 /// Drops from a cached object what no reconcile reads and what weighs most in it: the field
 /// sets of `managedFields`. The managers' names stay (a conflict message names them).
 fn slim<K: Resource>(obj: &mut K) {
@@ -215,6 +219,7 @@ fn slim<K: Resource>(obj: &mut K) {
     }
 }
 
+/// Maps a pod or EndpointSlice to the GracefulService named by one of its labels.
 fn owner_by_label<K: Resource>(obj: &K, key: &str) -> Option<ObjectRef<GracefulService>> {
     let name = obj.meta().labels.as_ref()?.get(key)?;
     let namespace = obj.meta().namespace.as_deref()?;
@@ -228,9 +233,13 @@ pub async fn reconcile(gsvc: Arc<GracefulService>, ctx: Arc<Context>) -> Result<
         // Garbage collection removes the children; re-applying them now would race it.
         if let Some(uid) = &gsvc.metadata.uid {
             ctx.applied.forget(&format!("{uid}/"));
+            if let Ok(mut map) = ctx.written.lock() {
+                map.remove(uid);
+            }
         }
         return Ok(Action::await_change());
     }
+    let gsvc = ctx.with_written_status(gsvc);
     let owner = Owner::of(&gsvc)?;
     let observed = observe(&ctx.client, &owner, &ctx.services, &ctx.budgets).await?;
     let plan = decide(&gsvc, &observed, &ctx.applied, Timestamp::now())?;
@@ -310,6 +319,29 @@ impl Context {
                 *n
             }
             Err(_) => 1,
+        }
+    }
+
+    /// Records the status just written for `gsvc`.
+    pub(crate) fn wrote_status(&self, gsvc: &GracefulService, status: &GracefulServiceStatus) {
+        if let (Some(uid), Ok(mut map)) = (&gsvc.metadata.uid, self.written.lock()) {
+            map.insert(uid.clone(), status.clone());
+        }
+    }
+
+    /// `gsvc` with the status this process last wrote for it, when the cache does not show it yet.
+    fn with_written_status(&self, gsvc: Arc<GracefulService>) -> Arc<GracefulService> {
+        let written = match (&gsvc.metadata.uid, self.written.lock()) {
+            (Some(uid), Ok(map)) => map.get(uid).cloned(),
+            _ => None,
+        };
+        match written {
+            Some(status) if gsvc.status.as_ref() != Some(&status) => {
+                let mut newer = (*gsvc).clone();
+                newer.status = Some(status);
+                Arc::new(newer)
+            }
+            _ => gsvc,
         }
     }
 

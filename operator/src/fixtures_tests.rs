@@ -184,6 +184,40 @@ async fn a_settled_walk_takes_one_step_under_a_precondition() {
 }
 
 #[tokio::test]
+async fn a_status_just_written_is_not_written_again_while_the_cache_lags() {
+    // A step from 3 to 2 settling: its pod terminates. The watch cache holds the GracefulService
+    // without any status (`g`) in both reconciles, as right after a write of its own.
+    let g = gsvc(1);
+    let stepped = walking_deployment(&g, 2, "42");
+    let mut pods = ready_pods(3);
+    pods[2].metadata.deletion_timestamp = Some(
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::now()),
+    );
+    let settling = || {
+        reads(
+            Some(&stepped),
+            Found::Cached,
+            Found::Cached,
+            &pods,
+            &[ready_slice(2)],
+        )
+    };
+    let first = chain([
+        settling(),
+        vec![
+            Exchange::apply(DEPLOYMENT),
+            Exchange::apply(STATUS).answer(stored(&g)),
+        ],
+    ]);
+    let mut api = walk_api(&g, chain([first, settling()]));
+    api.reconcile(&g).await.unwrap();
+    // No status PATCH in the rest of the script: one would fail the mock.
+    api.reconcile(&g).await.unwrap();
+    assert_eq!(api.ctx().metrics.steps.get(), 0);
+    api.finish().await;
+}
+
+#[tokio::test]
 async fn a_step_answered_409_writes_nothing_else_and_reads_again_soon() {
     let g = gsvc(2);
     let live = walking_deployment(&g, 3, "41");
