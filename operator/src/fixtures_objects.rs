@@ -244,7 +244,9 @@ pub fn reads(
     .into_iter()
     .flatten()
     .chain([
-        Exchange::list(PODS, POD_SELECTOR).answer(list_of("PodList", "v1", pods)),
+        Exchange::list(PODS, POD_SELECTOR)
+            .query("limit", &crate::observe::POD_PAGE.to_string())
+            .answer(list_of("PodList", "v1", pods)),
         Exchange::list(SLICES, SLICE_SELECTOR).answer(list_of(
             "EndpointSliceList",
             "discovery.k8s.io/v1",

@@ -65,6 +65,14 @@ pub async fn mark_idlest(
         .buffer_unordered(SCRAPE_CONCURRENCY)
         .collect()
         .await;
+    if count > 0 && victims::all_equally_idle(&loads) {
+        tracing::debug!(
+            ns,
+            pods = loads.len(),
+            "all pods equally idle: no mark, the ReplicaSet chooses"
+        );
+        return Vec::new();
+    }
     let marking = victims::choose(&loads, count);
     if count > 0 {
         let seen: Vec<String> = loads

@@ -46,6 +46,37 @@ pub struct Observed {
     pub new_token: String,
 }
 
+/// Pods per page when listing a service's pods.
+pub const POD_PAGE: u32 = 250;
+
+/// Lists the pods `params` select, a page at a time, each pod kept [`slim`]: a walk of 1000
+/// replicas lists them at every reconcile, and whole pages of whole pods (their containers'
+/// env, volumes, managed fields) made the operator's memory grow with the service.
+async fn list_pods(api: &Api<Pod>, params: ListParams) -> Result<Vec<Pod>, kube::Error> {
+    let mut params = params.limit(POD_PAGE);
+    let mut pods = Vec::new();
+    loop {
+        let page = api.list(&params).await?;
+        let next = page.metadata.continue_.clone().filter(|c| !c.is_empty());
+        pods.extend(page.items.into_iter().map(slim));
+        match next {
+            Some(token) => params = params.continue_token(&token),
+            None => return Ok(pods),
+        }
+    }
+}
+
+/// A pod with only what the planner and the idle-pod marking read: its metadata without
+/// managed fields, its node, and its status.
+fn slim(mut pod: Pod) -> Pod {
+    pod.metadata.managed_fields = None;
+    pod.spec = pod.spec.map(|spec| k8s_openapi::api::core::v1::PodSpec {
+        node_name: spec.node_name,
+        ..Default::default()
+    });
+    pod
+}
+
 /// Reads what [`Observed`] holds for `owner`.
 pub async fn observe(
     client: &Client,
@@ -60,10 +91,11 @@ pub async fn observe(
         .await?;
     let service = cached_or_get(client, services, owner).await?;
     let budget = cached_or_get(client, budgets, owner).await?;
-    let pods = Api::<Pod>::namespaced(client.clone(), ns)
-        .list(&ListParams::default().labels(&status::selector(name)))
-        .await?
-        .items;
+    let pods = list_pods(
+        &Api::<Pod>::namespaced(client.clone(), ns),
+        ListParams::default().labels(&status::selector(name)),
+    )
+    .await?;
     let slices = Api::<EndpointSlice>::namespaced(client.clone(), ns)
         .list(&ListParams::default().labels(&format!("{SERVICE_NAME_LABEL}={name}")))
         .await?
