@@ -329,19 +329,27 @@ impl Context {
         }
     }
 
-    /// `gsvc` with the status this process last wrote for it, when the cache does not show it yet.
+    /// `gsvc` with the status this process last wrote for it, when the cache does not show it
+    /// yet. Once the cache shows it, the entry goes: the map holds only writes the cache has not
+    /// caught up with, so a GracefulService deleted later leaves nothing behind.
     fn with_written_status(&self, gsvc: Arc<GracefulService>) -> Arc<GracefulService> {
         let written = match (&gsvc.metadata.uid, self.written.lock()) {
-            (Some(uid), Ok(map)) => map.get(uid).cloned(),
+            (Some(uid), Ok(mut map)) => match map.get(uid) {
+                Some(status) if gsvc.status.as_ref() == Some(status) => {
+                    map.remove(uid);
+                    None
+                }
+                other => other.cloned(),
+            },
             _ => None,
         };
         match written {
-            Some(status) if gsvc.status.as_ref() != Some(&status) => {
+            Some(status) => {
                 let mut newer = (*gsvc).clone();
                 newer.status = Some(status);
                 Arc::new(newer)
             }
-            _ => gsvc,
+            None => gsvc,
         }
     }
 
