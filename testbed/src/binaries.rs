@@ -81,9 +81,23 @@ pub fn tool_script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/build-tool.sh")
 }
 
-/// Runs `build-tool.sh <name>` and returns the folder it prints.
-pub(crate) async fn run_tool_build(name: &str) -> Result<PathBuf> {
-    run_script_with(&tool_script(), &[name], &format!("{name} build")).await
+/// The folder of the Go tool `name`: the environment variable `env` if set, else what
+/// `build-tool.sh <name>` prints (at once when built); each of `files` must be in it.
+pub(crate) async fn locate_tool(env: &str, name: &str, files: &[&str]) -> Result<PathBuf> {
+    let dir = match std::env::var_os(env) {
+        Some(dir) => PathBuf::from(dir),
+        None => run_script_with(&tool_script(), &[name], &format!("{name} build")).await?,
+    };
+    for file in files {
+        if !dir.join(file).is_file() {
+            bail!(
+                "{} is missing; rebuild with {} {name}",
+                dir.join(file).display(),
+                tool_script().display()
+            );
+        }
+    }
+    Ok(dir)
 }
 
 pub fn build_script() -> PathBuf {

@@ -11,11 +11,11 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, PostParams};
 
-use crate::binaries::{run_tool_build, tool_script};
+use crate::binaries::locate_tool;
 use crate::network::{NetworkPlan, ip};
 use crate::process::Children;
 
@@ -35,19 +35,7 @@ pub struct Kwok {
 impl Kwok {
     /// Uses `TESTBED_KWOK_DIR` if set, else runs the build script (at once when built).
     pub async fn locate_or_build() -> Result<Self> {
-        let dir = match std::env::var_os("TESTBED_KWOK_DIR") {
-            Some(dir) => PathBuf::from(dir),
-            None => run_tool_build("kwok").await?,
-        };
-        for file in ["kwok", "stages.yaml"] {
-            if !dir.join(file).is_file() {
-                bail!(
-                    "{} is missing; rebuild with {} kwok",
-                    dir.join(file).display(),
-                    tool_script().display()
-                );
-            }
-        }
+        let dir = locate_tool("TESTBED_KWOK_DIR", "kwok", &["kwok", "stages.yaml"]).await?;
         Ok(Self { dir })
     }
 }

@@ -8,11 +8,11 @@
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::discovery::ApiResource;
 
-use crate::binaries::{run_tool_build, tool_script};
+use crate::binaries::locate_tool;
 use crate::certs::Pki;
 use crate::controlplane::free_port;
 use crate::process::Children;
@@ -26,17 +26,12 @@ pub struct MetricsServer {
 impl MetricsServer {
     /// Uses `TESTBED_METRICS_SERVER_DIR` if set, else runs the build script (at once when built).
     pub async fn locate_or_build() -> Result<Self> {
-        let dir = match std::env::var_os("TESTBED_METRICS_SERVER_DIR") {
-            Some(dir) => PathBuf::from(dir),
-            None => run_tool_build("metrics-server").await?,
-        };
-        if !dir.join("metrics-server").is_file() {
-            bail!(
-                "{} is missing; rebuild with {} metrics-server",
-                dir.join("metrics-server").display(),
-                tool_script().display()
-            );
-        }
+        let dir = locate_tool(
+            "TESTBED_METRICS_SERVER_DIR",
+            "metrics-server",
+            &["metrics-server"],
+        )
+        .await?;
         Ok(Self { dir })
     }
 }
