@@ -1,44 +1,43 @@
 //! Leader election on a coordination.k8s.io Lease, so two replicas of the operator can run while
 //! only one reconciles, and a leader that can no longer renew stops before anyone may take over.
 //!
-//! kube-lease-manager acquires and renews the Lease. What it does not do (read in its 0.13.1
-//! source, `LeaseManager::watch`, `changed` and `watcher_step`): when a renewal fails, because the
-//! API is unreachable, the token was revoked or the request times out, its task logs the error,
-//! backs off (1 s doubling to 30 s) and tries again, and its channel keeps saying "leader". It
-//! only reports a loss after a read of the Lease succeeds again and shows another holder. A leader
-//! cut off from the API would keep reconciling from its caches, and its writes could land when the
-//! network heals while a standby that took the expired Lease writes too.
-//!
-//! So this module keeps a deadline of its own, the rule of client-go's `renewDeadline`: a guard
-//! task reads the Lease every second, and each read that shows this replica as holder moves the
-//! deadline to the Lease's `renewTime` + duration - [`SAFETY_MARGIN_SECONDS`]. `renewTime` is
-//! written by this process with its own clock, so the deadline needs no clock agreement with the
-//! API server. When no read has confirmed a renewal by then, or a read shows another holder,
-//! [`Leadership::lost`] resolves; the caller then has [`STOP_GRACE`] to stop its writes, which is
-//! less than the margin, so it has stopped before a standby can see the Lease expire.
+//! The rules are client-go's `leaderelection` package, written out here because the one crate
+//! we used (kube-lease-manager 0.13) broke two of them, and a CI run of
+//! `faults::leader_cut_off_from_the_api_stops_before_the_standby_takes_over` found both:
+//! - **Every write carries the Lease's resourceVersion** (a `replace` of the object just read).
+//!   A renewal held up in the network and delivered after a standby took the Lease is refused
+//!   with 409 instead of setting `renewTime` back under the new holder's feet (the crate renewed
+//!   with an unconditional patch).
+//! - **The leader keeps a renew deadline of its own**: when no renewal has succeeded for
+//!   [`RENEW_DEADLINE`] since it was sent, or a read shows another holder, [`Leadership::lost`]
+//!   resolves; the caller then has [`STOP_GRACE`] to stop writing. The crate kept saying
+//!   "leader" through any number of failed renewals.
+//! - **A standby judges expiry by its own clock**: a Lease is free once its resourceVersion has
+//!   not changed for its `leaseDurationSeconds`, as this replica observed it, so no two clocks
+//!   have to agree. The leader stops at most `RENEW_DEADLINE + STOP_GRACE` after sending its last
+//!   successful renewal, which a standby saw land after it was sent; that is before
+//!   [`LEASE_DURATION_SECONDS`] have passed on any standby's clock.
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use kube::api::{ObjectMeta, PostParams};
 use kube::{Api, Client};
-use kube_lease_manager::{LeaseManager, LeaseManagerBuilder, LeaseManagerError};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 /// Seconds a lease stays valid after its last renewal.
-pub const LEASE_DURATION_SECONDS: u64 = 15;
-/// Seconds before expiry at which the holder renews: every 5 s, so two renewals can fail or be
-/// late before the renew deadline.
-pub const LEASE_GRACE_SECONDS: u64 = 10;
-/// A leader stops writing this long before its lease would expire when no renewal is confirmed.
-pub const SAFETY_MARGIN_SECONDS: u64 = 5;
-/// How long the caller may take to stop after [`Leadership::lost`] resolves; below the margin.
+pub const LEASE_DURATION_SECONDS: i32 = 15;
+/// A leader whose renewals have all failed for this long stops (client-go's `renewDeadline`).
+pub const RENEW_DEADLINE: Duration = Duration::from_secs(10);
+/// How often the leader renews and a standby tries to acquire (client-go's `retryPeriod`).
+pub const RETRY_PERIOD: Duration = Duration::from_secs(2);
+/// How long the caller may take to stop after [`Leadership::lost`] resolves.
 pub const STOP_GRACE: Duration = Duration::from_secs(2);
-/// How often the guard reads the Lease.
-const CHECK_INTERVAL: Duration = Duration::from_secs(1);
-/// Bound on one read of the Lease; the deadline itself is never delayed by a hanging read.
-const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+/// Bound on one attempt (a read and a write); the deadline itself never waits for it.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Where the lease lives and who we are.
 #[derive(Clone, Debug)]
@@ -51,51 +50,177 @@ pub struct LeaseConfig {
     pub identity: String,
 }
 
-/// A held lease, renewed by a background task and watched by a guard for as long as this value
-/// lives.
-pub struct Leadership {
-    receiver: watch::Receiver<bool>,
-    task: JoinHandle<Result<LeaseManager, LeaseManagerError>>,
-    guard: watch::Receiver<bool>,
-    guard_task: JoinHandle<()>,
+/// What a read of the Lease lets this replica do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// We hold it: renew.
+    Ours,
+    /// Nobody holds it, or its holder let it expire: take it.
+    Free,
+    /// Another replica holds it.
+    HeldBy(String),
 }
 
-/// Resolves once `receiver` holds `false` or its sender is gone.
-async fn until_false(mut receiver: watch::Receiver<bool>) {
-    loop {
-        if !*receiver.borrow_and_update() {
-            return;
-        }
-        if receiver.changed().await.is_err() {
-            return;
+/// Judges a Lease whose resourceVersion has not changed for `unchanged_for`, as this replica
+/// observed it (see the module doc).
+pub fn verdict(spec: Option<&LeaseSpec>, identity: &str, unchanged_for: Duration) -> Verdict {
+    let Some(holder) = spec
+        .and_then(|s| s.holder_identity.as_deref())
+        .filter(|h| !h.is_empty())
+    else {
+        return Verdict::Free;
+    };
+    if holder == identity {
+        return Verdict::Ours;
+    }
+    let seconds = spec
+        .and_then(|s| s.lease_duration_seconds)
+        .and_then(|s| u64::try_from(s).ok())
+        .unwrap_or(LEASE_DURATION_SECONDS as u64);
+    if unchanged_for >= Duration::from_secs(seconds) {
+        Verdict::Free
+    } else {
+        Verdict::HeldBy(holder.to_string())
+    }
+}
+
+/// The spec that renews (when we hold it) or takes the Lease at `now`.
+pub fn claimed(spec: Option<&LeaseSpec>, identity: &str, now: MicroTime) -> LeaseSpec {
+    let mut next = spec.cloned().unwrap_or_default();
+    if next.holder_identity.as_deref() != Some(identity) {
+        let had_holder = next
+            .holder_identity
+            .as_deref()
+            .is_some_and(|h| !h.is_empty());
+        next.holder_identity = Some(identity.to_string());
+        next.acquire_time = Some(now.clone());
+        if had_holder {
+            next.lease_transitions = Some(next.lease_transitions.unwrap_or(0) + 1);
         }
     }
+    next.renew_time = Some(now);
+    next.lease_duration_seconds = Some(LEASE_DURATION_SECONDS);
+    next
+}
+
+/// The spec that hands the Lease back, so a standby takes it at its next attempt.
+pub fn released(spec: Option<&LeaseSpec>) -> LeaseSpec {
+    LeaseSpec {
+        lease_transitions: spec.and_then(|s| s.lease_transitions),
+        ..LeaseSpec::default()
+    }
+}
+
+/// The outcome of one attempt to take or renew the Lease.
+#[derive(Debug)]
+enum Attempt {
+    /// Our write landed.
+    Claimed,
+    /// Not ours now, and why.
+    NotOurs(String),
+}
+
+/// The Lease as one replica sees it: its API and what it last read (resourceVersion, since when).
+#[derive(Clone)]
+struct Campaign {
+    api: Api<Lease>,
+    name: String,
+    identity: String,
+    seen: Option<(String, Instant)>,
+}
+
+impl Campaign {
+    /// One read and, when the verdict allows, one write under the read's resourceVersion.
+    async fn attempt(&mut self, leading: bool) -> Result<Attempt, kube::Error> {
+        let now = MicroTime(k8s_openapi::jiff::Timestamp::now());
+        let Some(mut lease) = self.api.get_opt(&self.name).await? else {
+            if leading {
+                return Ok(Attempt::NotOurs("the lease was deleted".to_string()));
+            }
+            let lease = Lease {
+                metadata: ObjectMeta {
+                    name: Some(self.name.clone()),
+                    ..ObjectMeta::default()
+                },
+                spec: Some(claimed(None, &self.identity, now)),
+            };
+            return match self.api.create(&write_params(), &lease).await {
+                Ok(_) => Ok(Attempt::Claimed),
+                Err(kube::Error::Api(e)) if e.code == 409 => Ok(Attempt::NotOurs(
+                    "another replica created the lease".to_string(),
+                )),
+                Err(e) => Err(e),
+            };
+        };
+        let version = lease.metadata.resource_version.clone().unwrap_or_default();
+        let since = match &self.seen {
+            Some((seen, since)) if *seen == version => *since,
+            _ => Instant::now(),
+        };
+        self.seen = Some((version, since));
+        match verdict(lease.spec.as_ref(), &self.identity, since.elapsed()) {
+            Verdict::HeldBy(holder) => return Ok(Attempt::NotOurs(format!("held by {holder}"))),
+            Verdict::Free if leading => {
+                return Ok(Attempt::NotOurs(
+                    "the lease was released or expired".to_string(),
+                ));
+            }
+            Verdict::Ours | Verdict::Free => {}
+        }
+        lease.spec = Some(claimed(lease.spec.as_ref(), &self.identity, now));
+        match self.api.replace(&self.name, &write_params(), &lease).await {
+            Ok(_) => Ok(Attempt::Claimed),
+            Err(kube::Error::Api(e)) if e.code == 409 => Ok(Attempt::NotOurs(
+                "the lease changed since it was read".to_string(),
+            )),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The release write: only while we are the holder, under the read's resourceVersion.
+    async fn release(&self) -> Result<bool, kube::Error> {
+        let Some(mut lease) = self.api.get_opt(&self.name).await? else {
+            return Ok(false);
+        };
+        if verdict(lease.spec.as_ref(), &self.identity, Duration::ZERO) != Verdict::Ours {
+            return Ok(false);
+        }
+        lease.spec = Some(released(lease.spec.as_ref()));
+        self.api
+            .replace(&self.name, &write_params(), &lease)
+            .await
+            .map(|_| true)
+    }
+}
+
+/// A held lease, renewed by a background task for as long as this value lives.
+pub struct Leadership {
+    held: watch::Receiver<bool>,
+    task: JoinHandle<()>,
+    campaign: Campaign,
 }
 
 impl Leadership {
     /// A future that resolves once this replica no longer holds the lease, or can no longer be
-    /// sure to hold it (no renewal confirmed within the renew deadline, see the module doc).
+    /// sure to hold it (no renewal within [`RENEW_DEADLINE`]).
     pub fn lost(&self) -> impl Future<Output = ()> + Send + Sync + 'static {
-        let manager = self.receiver.clone();
-        let guard = self.guard.clone();
+        let mut held = self.held.clone();
         async move {
-            tokio::select! {
-                () = until_false(manager) => {}
-                () = until_false(guard) => {}
+            while *held.borrow_and_update() {
+                if held.changed().await.is_err() {
+                    return;
+                }
             }
         }
     }
 
-    /// Releases the lease so a standby replica takes over at once rather than after expiry.
-    /// Call after every future from [`Leadership::lost`] is dropped.
+    /// Hands the Lease back so a standby takes over at once rather than after expiry.
     pub async fn release(self) {
-        self.guard_task.abort();
-        // Closing the last receiver makes the lease task release the lock and end.
-        drop(self.receiver);
-        match tokio::time::timeout(Duration::from_secs(5), self.task).await {
-            Ok(Ok(Ok(_))) => tracing::info!("lease released"),
-            Ok(Ok(Err(error))) => tracing::warn!(%error, "lease release failed"),
-            Ok(Err(error)) => tracing::warn!(%error, "lease task failed"),
+        self.task.abort();
+        match tokio::time::timeout(ATTEMPT_TIMEOUT, self.campaign.release()).await {
+            Ok(Ok(true)) => tracing::info!("lease released"),
+            Ok(Ok(false)) => tracing::info!("lease no longer ours; nothing to release"),
+            Ok(Err(error)) => tracing::warn!(%error, "lease release failed"),
             Err(_) => tracing::warn!("lease release timed out"),
         }
     }
@@ -103,131 +228,83 @@ impl Leadership {
     /// Stops renewing without touching the Lease: after a loss there is nothing of ours to
     /// release, and a late release could clear the lock a standby has just taken.
     pub fn abandon(self) {
-        self.guard_task.abort();
         self.task.abort();
     }
 }
 
-/// Waits until this replica holds the lease; see [`Leadership`].
-pub async fn acquire(
-    client: Client,
-    config: &LeaseConfig,
-) -> Result<Leadership, LeaseManagerError> {
-    let manager = LeaseManagerBuilder::new(client.clone(), &config.name)
-        .with_namespace(&config.namespace)
-        .with_identity(&config.identity)
-        .with_duration(LEASE_DURATION_SECONDS)
-        .with_grace(LEASE_GRACE_SECONDS)
-        .build()
-        .await?;
-    let (mut receiver, task) = manager.watch().await;
-    loop {
-        if *receiver.borrow_and_update() {
-            break;
+/// Waits until this replica holds the lease, trying every [`RETRY_PERIOD`]; see [`Leadership`].
+pub async fn acquire(client: Client, config: &LeaseConfig) -> Leadership {
+    let mut campaign = Campaign {
+        api: Api::namespaced(client, &config.namespace),
+        name: config.name.clone(),
+        identity: config.identity.clone(),
+        seen: None,
+    };
+    let sent = loop {
+        let sent = Instant::now();
+        match tokio::time::timeout(ATTEMPT_TIMEOUT, campaign.attempt(false)).await {
+            Ok(Ok(Attempt::Claimed)) => break sent,
+            Ok(Ok(Attempt::NotOurs(why))) => {
+                tracing::debug!(lease = %config.name, %why, "waiting for leadership");
+            }
+            Ok(Err(error)) => tracing::warn!(%error, "cannot read or take the lease"),
+            Err(_) => tracing::warn!(timeout = ?ATTEMPT_TIMEOUT, "taking the lease timed out"),
         }
-        tracing::info!(lease = %config.name, identity = %config.identity, "waiting for leadership");
-        if receiver.changed().await.is_err() {
-            return Err(LeaseManagerError::InconsistentState(
-                "lease task ended before leadership was acquired".to_string(),
-            ));
-        }
-    }
-    let (guard_tx, guard) = watch::channel(true);
-    let api: Api<Lease> = Api::namespaced(client, &config.namespace);
-    let guard_task = tokio::spawn(guard_lease(
-        api,
-        config.name.clone(),
-        config.identity.clone(),
-        guard_tx,
-    ));
-    Ok(Leadership {
-        receiver,
+        tokio::time::sleep(RETRY_PERIOD).await;
+    };
+    let (held_tx, held) = watch::channel(true);
+    let task = tokio::spawn(renew(campaign.clone(), sent, held_tx));
+    Leadership {
+        held,
         task,
-        guard,
-        guard_task,
-    })
-}
-
-/// What one read of the Lease says about this replica's leadership.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Reading {
-    /// We hold it; without a later renewal we must stop `remaining` from now.
-    Held {
-        /// Time left until the renew deadline.
-        remaining: Duration,
-    },
-    /// We no longer hold it, or must act as if we did not.
-    Lost(String),
-}
-
-/// Reads a Lease as of `now` (this process's clock, the one `renewTime` was written with).
-pub fn read_lease(lease: &Lease, identity: &str, now: SystemTime) -> Reading {
-    let Some(spec) = lease.spec.as_ref() else {
-        return Reading::Lost("the lease has no spec".to_string());
-    };
-    match spec.holder_identity.as_deref() {
-        Some(holder) if holder == identity => {}
-        Some(other) => return Reading::Lost(format!("the lease is held by {other}")),
-        None => return Reading::Lost("the lease has no holder".to_string()),
-    }
-    let Some(renewed) = spec.renew_time.as_ref() else {
-        return Reading::Lost("the lease has no renewTime".to_string());
-    };
-    let seconds = spec
-        .lease_duration_seconds
-        .and_then(|s| u64::try_from(s).ok())
-        .unwrap_or(LEASE_DURATION_SECONDS);
-    let renewed: SystemTime = renewed.0.into();
-    let deadline = renewed + Duration::from_secs(seconds.saturating_sub(SAFETY_MARGIN_SECONDS));
-    match deadline.duration_since(now) {
-        Ok(remaining) if !remaining.is_zero() => Reading::Held { remaining },
-        _ => Reading::Lost(format!(
-            "no renewal of the lease confirmed within {} s",
-            seconds.saturating_sub(SAFETY_MARGIN_SECONDS)
-        )),
+        campaign,
     }
 }
 
-/// The guard (see the module doc): sets `held` to false, and ends, once the lease is lost or its
-/// renew deadline has passed without a confirmed renewal.
-async fn guard_lease(api: Api<Lease>, name: String, identity: String, held: watch::Sender<bool>) {
-    let renew_deadline = Duration::from_secs(LEASE_DURATION_SECONDS - SAFETY_MARGIN_SECONDS);
-    let mut deadline = Instant::now() + renew_deadline;
-    let mut failed_reads = 0u32;
+/// Renews every [`RETRY_PERIOD`]; sets `held` to false, and ends, once the lease is someone
+/// else's or no renewal has succeeded within [`RENEW_DEADLINE`] of being sent.
+async fn renew(mut campaign: Campaign, mut renewed: Instant, held: watch::Sender<bool>) {
+    let mut next = renewed + RETRY_PERIOD;
     let why = loop {
-        let read = tokio::select! {
-            read = tokio::time::timeout(CHECK_TIMEOUT, api.get_opt(&name)) => read,
-            () = tokio::time::sleep_until(deadline) => {
-                break format!("no renewal of the lease confirmed within {} s", renew_deadline.as_secs());
-            }
-            () = held.closed() => return,
-        };
-        match read {
-            Ok(Ok(Some(lease))) => match read_lease(&lease, &identity, SystemTime::now()) {
-                Reading::Held { remaining } => {
-                    deadline = Instant::now() + remaining;
-                    failed_reads = 0;
-                }
-                Reading::Lost(why) => break why,
-            },
-            Ok(Ok(None)) => break "the lease was deleted".to_string(),
-            Ok(Err(error)) => {
-                failed_reads += 1;
-                tracing::warn!(%error, failed_reads, "cannot read the lease; stopping at the renew deadline unless a read succeeds");
-            }
-            Err(_) => {
-                failed_reads += 1;
-                tracing::warn!(failed_reads, timeout = ?CHECK_TIMEOUT, "reading the lease timed out; stopping at the renew deadline unless a read succeeds");
-            }
-        }
-        let next = deadline.min(Instant::now() + CHECK_INTERVAL);
+        let deadline = renewed + RENEW_DEADLINE;
         tokio::select! {
             () = tokio::time::sleep_until(next) => {}
-            () = held.closed() => return,
+            () = tokio::time::sleep_until(deadline) => break no_renewal(),
+        }
+        let sent = Instant::now();
+        next = sent + RETRY_PERIOD;
+        let outcome = tokio::select! {
+            outcome = tokio::time::timeout(ATTEMPT_TIMEOUT, campaign.attempt(true)) => outcome,
+            () = tokio::time::sleep_until(deadline) => break no_renewal(),
+        };
+        match outcome {
+            Ok(Ok(Attempt::Claimed)) => renewed = sent,
+            Ok(Ok(Attempt::NotOurs(why))) => break why,
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "lease renewal failed; stopping at the renew deadline unless one succeeds")
+            }
+            Err(_) => {
+                tracing::warn!(timeout = ?ATTEMPT_TIMEOUT, "lease renewal timed out; stopping at the renew deadline unless one succeeds")
+            }
         }
     };
-    tracing::error!(lease = %name, %identity, reason = %why, "leadership lost: stopping every write");
+    tracing::error!(lease = %campaign.name, identity = %campaign.identity, reason = %why, "leadership lost: stopping every write");
     let _ = held.send(false);
+}
+
+/// Lease writes carry the operator's one field manager.
+fn write_params() -> PostParams {
+    PostParams {
+        field_manager: Some(crate::FIELD_MANAGER.to_string()),
+        ..PostParams::default()
+    }
+}
+
+fn no_renewal() -> String {
+    format!(
+        "no lease renewal succeeded within {} s",
+        RENEW_DEADLINE.as_secs()
+    )
 }
 
 /// Identity of this replica: `POD_NAME`, else hostname and pid.
@@ -241,75 +318,5 @@ pub fn default_identity() -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use k8s_openapi::api::coordination::v1::LeaseSpec;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
-
-    fn lease(holder: Option<&str>, renewed: Option<SystemTime>) -> Lease {
-        Lease {
-            spec: Some(LeaseSpec {
-                holder_identity: holder.map(str::to_string),
-                renew_time: renewed.and_then(|t| t.try_into().ok()).map(MicroTime),
-                lease_duration_seconds: Some(15),
-                ..LeaseSpec::default()
-            }),
-            ..Lease::default()
-        }
-    }
-
-    #[test]
-    fn a_fresh_renewal_leaves_the_rest_of_the_renew_deadline() {
-        let now = SystemTime::now();
-        let renewed = now - Duration::from_secs(4);
-        assert_eq!(
-            read_lease(&lease(Some("me"), Some(renewed)), "me", now),
-            Reading::Held {
-                remaining: Duration::from_secs(6)
-            }
-        );
-    }
-
-    // The cases that must stop the leader: each would fail if the reading said Held.
-    #[test]
-    fn a_renewal_older_than_duration_minus_margin_is_a_loss() {
-        let now = SystemTime::now();
-        let renewed = now - Duration::from_secs(10);
-        assert!(matches!(
-            read_lease(&lease(Some("me"), Some(renewed)), "me", now),
-            Reading::Lost(why) if why.contains("within 10 s")
-        ));
-    }
-
-    #[test]
-    fn another_holder_or_none_is_a_loss() {
-        let now = SystemTime::now();
-        assert_eq!(
-            read_lease(&lease(Some("other"), Some(now)), "me", now),
-            Reading::Lost("the lease is held by other".to_string())
-        );
-        assert!(matches!(
-            read_lease(&lease(None, Some(now)), "me", now),
-            Reading::Lost(_)
-        ));
-        assert!(matches!(
-            read_lease(&lease(Some("me"), None), "me", now),
-            Reading::Lost(_)
-        ));
-        assert!(matches!(
-            read_lease(&Lease::default(), "me", now),
-            Reading::Lost(_)
-        ));
-    }
-
-    #[test]
-    fn the_margin_leaves_time_to_stop() {
-        const { assert!(STOP_GRACE.as_secs() < SAFETY_MARGIN_SECONDS) };
-        const {
-            assert!(
-                LEASE_DURATION_SECONDS - LEASE_GRACE_SECONDS
-                    < LEASE_DURATION_SECONDS - SAFETY_MARGIN_SECONDS
-            )
-        };
-    }
-}
+#[path = "leader_tests.rs"]
+mod tests;

@@ -227,7 +227,7 @@ async fn run(args: Args, scopes: Vec<Option<String>>) -> Result<(), Box<dyn std:
     }
     state.ready.store(true, Ordering::Relaxed);
     let leadership = tokio::select! {
-        held = leader::acquire(client.clone(), &lease) => held?,
+        held = leader::acquire(client.clone(), &lease) => held,
         () = &mut stop => return Ok(()),
     };
     tracing::info!(lease = %lease.name, identity = %lease.identity, "leadership acquired");
@@ -253,8 +253,6 @@ async fn run(args: Args, scopes: Vec<Option<String>>) -> Result<(), Box<dyn std:
         } => false,
     };
     let was_lost = lost.peek().is_some();
-    // The lease task releases the lock only once every receiver is gone, including the ones
-    // inside `lost` (found by two_replicas_with_leader_election_fail_over).
     drop(lost);
     if !was_lost {
         leadership.release().await;

@@ -46,8 +46,7 @@ async fn two_replicas_with_leader_election_fail_over() -> Result<()> {
     let holds = |holder: String, op: &Operator| holder.ends_with(&format!("-{}", op.pid()));
 
     // SIGTERM: the leader exits cleanly (code 0) and releases the lease (holder cleared). The
-    // standby (kube-lease-manager) checks again when the lease it last saw would expire, so it
-    // takes over within one lease duration (15 s).
+    // standby takes a released lease at its next attempt (every 2 s).
     assert_eq!(operators[0].terminate()?, Some(0));
     assert_eq!(holder().await?, None, "lease not released on SIGTERM");
     let second = &operators[1];
