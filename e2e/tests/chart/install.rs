@@ -325,7 +325,7 @@ fn can_i_checks(tb: &testbed::Testbed, ns: &str) -> anyhow::Result<()> {
             "--all-namespaces",
         ],
         &["create", "events.events.k8s.io", "-n", "team-a"],
-        &["patch", "leases.coordination.k8s.io", "-n", ns],
+        &["update", "leases.coordination.k8s.io", "-n", ns],
     ];
     let denied: &[&[&str]] = &[
         &["get", "secrets", "-n", ns],
@@ -342,7 +342,9 @@ fn can_i_checks(tb: &testbed::Testbed, ns: &str) -> anyhow::Result<()> {
         &["create", "rolebindings.rbac.authorization.k8s.io", "-n", ns],
         &["patch", "nodes"],
         &["create", "namespaces"],
-        &["patch", "leases.coordination.k8s.io", "-n", "kube-system"],
+        &["update", "leases.coordination.k8s.io", "-n", "kube-system"],
+        // Lease writes are updates under a resourceVersion (leader.rs), never patches.
+        &["patch", "leases.coordination.k8s.io", "-n", ns],
         &["create", "serviceaccounts/token", "-n", ns],
         &["*", "*"],
     ];

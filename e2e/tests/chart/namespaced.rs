@@ -74,7 +74,7 @@ async fn namespaced_install_reconciles_only_its_namespaces_with_roles_only() -> 
             }
         }
         allowed.push(
-            ["patch", "leases.coordination.k8s.io", "-n", ns.as_str()]
+            ["update", "leases.coordination.k8s.io", "-n", ns.as_str()]
                 .map(str::to_string)
                 .to_vec(),
         );
