@@ -195,7 +195,29 @@ pub fn pod_view(pod: &Pod) -> PodView {
         } else {
             why_not_ready(pod)
         },
+        stopped: stopped(pod),
     }
+}
+
+/// Whether the kubelet reports every container of `pod` terminated (app, sidecars and init
+/// containers alike), or the pod finished.
+fn stopped(pod: &Pod) -> bool {
+    let Some(status) = pod.status.as_ref() else {
+        return false;
+    };
+    if matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")) {
+        return true;
+    }
+    let containers = status.container_statuses.as_deref().unwrap_or_default();
+    let init = status
+        .init_container_statuses
+        .as_deref()
+        .unwrap_or_default();
+    !containers.is_empty()
+        && containers
+            .iter()
+            .chain(init)
+            .all(|c| c.state.as_ref().is_some_and(|s| s.terminated.is_some()))
 }
 
 /// Why a pod is not ready, in a few words: a waiting container's reason (CrashLoopBackOff,

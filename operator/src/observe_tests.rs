@@ -1,7 +1,7 @@
 use super::*;
 use k8s_openapi::api::core::v1::{
-    ContainerState, ContainerStateWaiting, ContainerStatus, ObjectReference, PodCondition, PodSpec,
-    PodStatus,
+    ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting,
+    ContainerStatus, ObjectReference, PodCondition, PodSpec, PodStatus,
 };
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
@@ -109,6 +109,49 @@ fn a_pod_the_node_controller_marked_unready_is_not_unready_by_itself() {
     ));
     assert!(!v.ready);
     assert!(!v.unready_by_itself);
+}
+
+fn with_states(mut pod: Pod, app_terminated: bool, sidecar_terminated: Option<bool>) -> Pod {
+    let state = |terminated: bool| {
+        Some(if terminated {
+            ContainerState {
+                terminated: Some(ContainerStateTerminated::default()),
+                ..ContainerState::default()
+            }
+        } else {
+            ContainerState {
+                running: Some(ContainerStateRunning::default()),
+                ..ContainerState::default()
+            }
+        })
+    };
+    let status = pod.status.get_or_insert_with(PodStatus::default);
+    status.container_statuses = Some(vec![ContainerStatus {
+        name: "app".into(),
+        state: state(app_terminated),
+        ..ContainerStatus::default()
+    }]);
+    status.init_container_statuses = sidecar_terminated.map(|t| {
+        vec![ContainerStatus {
+            name: "drain-proxy".into(),
+            state: state(t),
+            ..ContainerStatus::default()
+        }]
+    });
+    pod
+}
+
+#[test]
+fn a_pod_is_stopped_once_all_its_containers_and_sidecars_terminated() {
+    let running = pod(vec![], None);
+    assert!(!pod_view(&running).stopped, "no container status yet");
+    assert!(!pod_view(&with_states(running.clone(), false, None)).stopped);
+    assert!(pod_view(&with_states(running.clone(), true, None)).stopped);
+    assert!(!pod_view(&with_states(running.clone(), true, Some(false))).stopped);
+    assert!(pod_view(&with_states(running.clone(), true, Some(true))).stopped);
+    let mut done = running;
+    done.status.as_mut().unwrap().phase = Some("Succeeded".into());
+    assert!(pod_view(&done).stopped);
 }
 
 #[test]

@@ -1,7 +1,13 @@
 //! An app process SIGKILLed during a scale-down. The kubelet restarts the container (restart
 //! policy Always); until the pod is Ready again the Deployment is not whole, and the operator
 //! must not take the next step. Checked in the API server's order (resourceVersions): no step
-//! between the pod turning unready and it turning Ready again, and the next step after it.
+//! between the pod turning unready and it turning Ready again.
+//!
+//! What no controller can see is a kill its kubelet has not reported yet (it notices on its next
+//! relist, every 1 s): a step written in that window is not a fault of the operator's, and is
+//! printed, not failed (found when a step began to settle on the old pod's containers stopping
+//! rather than on its removal, which left the kubelet less time). At least one kill per run
+//! must have held the next step until the pod was Ready again, so the waiting is still shown.
 
 use std::time::{Duration, Instant};
 
@@ -84,6 +90,7 @@ async fn app_sigkilled_mid_scale_down_step_waits_until_whole() -> Result<()> {
     create_gsvc(&s.client, &s.ns, "web", quick_spec(FROM)).await?;
     wait_stable(&s.client, &s.ns, "web", FROM).await?;
     let pods: Api<Pod> = Api::namespaced(s.client.clone(), &s.ns);
+    let mut held = 0;
     for round in 1..=rounds() {
         let (rec, rec_tasks) = record(&s.client, &s.ns, "web").await?;
         let (seen, seen_tasks) = watch(&s.client, &s.ns, "web");
@@ -104,19 +111,25 @@ async fn app_sigkilled_mid_scale_down_step_waits_until_whole() -> Result<()> {
         rec_tasks.iter().chain(&seen_tasks).for_each(|t| t.abort());
         let rec = rec.lock().unwrap().clone();
         check_walk(&rec, FROM, 1)?;
-        check_kills(round, &rec, &seen.lock().unwrap(), &kills)?;
+        held += check_kills(round, &rec, &seen.lock().unwrap(), &kills)?;
         if round < rounds() {
             scale(&s.client, &s.ns, "web", FROM).await?;
             wait_stable(&s.client, &s.ns, "web", FROM).await?;
         }
     }
+    ensure!(
+        held > 0,
+        "no kill held the next step: the test showed no waiting"
+    );
     drop(operator);
     Ok(())
 }
 
 /// For each kill: the pod turned unready, then Ready again after a restart, and the next step
-/// came after that (in resourceVersion order).
-fn check_kills(round: usize, rec: &Recording, seen: &Watched, kills: &[Kill]) -> Result<()> {
+/// came after that, or before the kubelet reported the kill (in resourceVersion order). Returns
+/// how many kills held the next step.
+fn check_kills(round: usize, rec: &Recording, seen: &Watched, kills: &[Kill]) -> Result<usize> {
+    let mut held = 0;
     for kill in kills {
         let after: Vec<_> = seen
             .pods
@@ -148,12 +161,27 @@ fn check_kills(round: usize, rec: &Recording, seen: &Watched, kills: &[Kill]) ->
             step_at.saturating_duration_since(kill.at).as_secs_f64()
         );
         ensure!(
-            step_rev > whole.rev && unready.rev < whole.rev,
-            "round {round}: step (rev {step_rev}) taken while {} was down (unready rev {}, Ready again rev {})",
+            unready.rev < whole.rev,
+            "round {round}: {} Ready again (rev {}) before it turned unready (rev {})",
+            kill.pod,
+            whole.rev,
+            unready.rev
+        );
+        ensure!(
+            step_rev < unready.rev || step_rev > whole.rev,
+            "round {round}: step (rev {step_rev}) taken while {} was reported down (unready rev {}, Ready again rev {})",
             kill.pod,
             unready.rev,
             whole.rev
         );
+        if step_rev < unready.rev {
+            eprintln!(
+                "round {round}: the step (rev {step_rev}) came before the kubelet reported {} unready (rev {}): nothing to see yet",
+                kill.pod, unready.rev
+            );
+        } else {
+            held += 1;
+        }
     }
-    Ok(())
+    Ok(held)
 }

@@ -29,6 +29,9 @@ pub struct Recording {
     pub terminating: Vec<(u64, String)>,
     /// (revision, pod) when a pod was removed from the API.
     pub deleted: Vec<(u64, String)>,
+    /// (revision, pod) when a terminating pod was first seen with all its containers stopped
+    /// (the kubelet removes the pod object later, after its housekeeping).
+    pub stopped: Vec<(u64, String)>,
     /// Deployment status (replicas, updated, ready, available) carried by each replicas change:
     /// a spec update leaves status as it was, so this is what the operator saw when it stepped.
     pub status_at_change: Vec<(i32, i32, i32, i32)>,
@@ -103,10 +106,14 @@ pub async fn record(
                 Event::Apply(p) if p.metadata.deletion_timestamp.is_some() => {
                     let pod = p.metadata.name.clone().unwrap_or_default();
                     let mut rec = r.lock().unwrap();
+                    let at = started.elapsed().as_secs_f64();
                     if !rec.terminating.iter().any(|(_, n)| *n == pod) {
-                        let at = started.elapsed().as_secs_f64();
                         rec.timeline.push((at, format!("pod {pod} terminating")));
-                        rec.terminating.push((revision(&p.metadata), pod));
+                        rec.terminating.push((revision(&p.metadata), pod.clone()));
+                    }
+                    if containers_stopped(&p) && !rec.stopped.iter().any(|(_, n)| *n == pod) {
+                        rec.timeline.push((at, format!("pod {pod} stopped")));
+                        rec.stopped.push((revision(&p.metadata), pod));
                     }
                 }
                 Event::Delete(p) => {
@@ -114,6 +121,9 @@ pub async fn record(
                     let mut rec = r.lock().unwrap();
                     let at = started.elapsed().as_secs_f64();
                     rec.timeline.push((at, format!("pod {pod} deleted")));
+                    if !rec.stopped.iter().any(|(_, n)| *n == pod) {
+                        rec.stopped.push((revision(&p.metadata), pod.clone()));
+                    }
                     rec.deleted.push((revision(&p.metadata), pod));
                 }
                 _ => {}
@@ -128,8 +138,26 @@ pub async fn record(
     Ok((rec, vec![dep_task, pod_task]))
 }
 
+/// Whether the kubelet reports every container of `pod` terminated.
+fn containers_stopped(pod: &Pod) -> bool {
+    let Some(status) = pod.status.as_ref() else {
+        return false;
+    };
+    let app = status.container_statuses.as_deref().unwrap_or_default();
+    let init = status
+        .init_container_statuses
+        .as_deref()
+        .unwrap_or_default();
+    !app.is_empty()
+        && app
+            .iter()
+            .chain(init)
+            .all(|c| c.state.as_ref().is_some_and(|s| s.terminated.is_some()))
+}
+
 /// Checks a recorded scale-down from `from` to `to` with step 1: every step in order, each taken
-/// only after the pod of the previous step was gone, exactly one pod removed per step.
+/// only after the pod of the previous step had stopped (all its containers terminated, or the
+/// pod gone), exactly one pod removed per step.
 pub fn check_walk(rec: &Recording, from: i32, to: i32) -> Result<()> {
     let values: Vec<i32> = rec.replicas.iter().map(|r| r.1).collect();
     let expected: Vec<i32> = (to..=from).rev().collect();
@@ -137,30 +165,30 @@ pub fn check_walk(rec: &Recording, from: i32, to: i32) -> Result<()> {
         bail!("replicas went {values:?}, expected {expected:?}");
     }
     let steps: Vec<u64> = rec.replicas.iter().skip(1).map(|r| r.0).collect();
-    let mut deleted: Vec<u64> = rec.deleted.iter().map(|d| d.0).collect();
-    deleted.sort_unstable();
+    let mut stopped: Vec<u64> = rec.stopped.iter().map(|d| d.0).collect();
+    stopped.sort_unstable();
     let mut terminating: Vec<u64> = rec.terminating.iter().map(|t| t.0).collect();
     terminating.sort_unstable();
-    if deleted.len() != steps.len() || terminating.len() != steps.len() {
+    if stopped.len() != steps.len() || terminating.len() != steps.len() {
         bail!(
-            "{} steps but {} pods terminated and {} deleted: {rec:?}",
+            "{} steps but {} pods terminated and {} stopped: {rec:?}",
             steps.len(),
             terminating.len(),
-            deleted.len()
+            stopped.len()
         );
     }
     for (k, step) in steps.iter().enumerate() {
-        // step k < its pod starts terminating < its pod is gone < step k+1
-        if !(terminating[k] > *step && deleted[k] > terminating[k]) {
+        // step k < its pod starts terminating < its pod has stopped < step k+1
+        if !(terminating[k] > *step && stopped[k] > terminating[k]) {
             bail!("step {k} (rev {step}) not followed by one pod's termination: {rec:?}");
         }
         if let Some(next) = steps.get(k + 1)
-            && *next < deleted[k]
+            && *next < stopped[k]
         {
             bail!(
-                "step {} (rev {next}) taken before the pod of step {k} was gone (rev {}): {rec:?}",
+                "step {} (rev {next}) taken before the pod of step {k} had stopped (rev {}): {rec:?}",
                 k + 1,
-                deleted[k]
+                stopped[k]
             );
         }
     }

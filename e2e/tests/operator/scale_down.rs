@@ -138,13 +138,14 @@ fn walk_checker_rejects_skips_and_early_steps() {
         replicas: vec![(10, 3), (11, 2), (14, 1)],
         terminating: vec![(12, "a".into()), (15, "b".into())],
         deleted: vec![(13, "a".into()), (16, "b".into())],
+        stopped: vec![(13, "a".into()), (16, "b".into())],
         status_at_change: Vec::new(),
         step_stamps: Vec::new(),
         timeline: Vec::new(),
     };
     assert!(check_walk(&good, 3, 1).is_ok());
     let mut early = good.clone();
-    early.replicas[2].0 = 12; // step 2 -> 1 before pod a was deleted (rev 13)
+    early.replicas[2].0 = 12; // step 2 -> 1 before pod a had stopped (rev 13)
     early.terminating[1].0 = 12;
     assert!(check_walk(&early, 3, 1).is_err());
     let mut skipped = good.clone();

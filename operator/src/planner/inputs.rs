@@ -68,6 +68,10 @@ pub struct PodView {
     pub unready_by_itself: bool,
     /// Why it is not ready, in words (phase, scheduling or container state).
     pub why: String,
+    /// Every container of the pod has terminated (its kubelet reported it): the app is gone,
+    /// though the kubelet may take seconds more to tear down the sandbox, unmount volumes and
+    /// remove the cgroup before the pod object goes.
+    pub stopped: bool,
 }
 
 /// Pace settings of a scale-down (from `spec.scaleDown`).

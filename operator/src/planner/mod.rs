@@ -189,10 +189,13 @@ pub fn settled(obs: &Observation) -> Result<(), Wait> {
             wanted,
         });
     }
+    // A terminating pod holds the step until its containers have stopped: once the app has
+    // exited, nothing of it can serve or be in flight, and what the kubelet still does for it
+    // (sandbox, volumes, cgroup: its housekeeping runs every 2 s) is no reason to wait.
     let terminating: Vec<String> = obs
         .pods
         .iter()
-        .filter(|p| p.deleting_at.is_some() && !overdue(p, obs.now))
+        .filter(|p| p.deleting_at.is_some() && !p.stopped && !overdue(p, obs.now))
         .map(|p| p.name.clone())
         .collect();
     if !terminating.is_empty() {

@@ -74,6 +74,19 @@ fn terminating(o: &mut Observation, name: &str, deleting_in: i64) {
 }
 
 #[test]
+fn a_terminating_pod_whose_containers_stopped_no_longer_holds_the_step() {
+    let mut o = observation(1, 4);
+    terminating(&mut o, "old", 20);
+    assert_eq!(plan(&o).replicas, 4, "held while the app may still run");
+    o.pods.last_mut().unwrap().stopped = true;
+    assert_eq!(
+        plan(&o).replicas,
+        3,
+        "its app has exited: the next step goes"
+    );
+}
+
+#[test]
 fn scale_up_goes_straight_to_target() {
     assert_eq!(replicas_to_hold(20, Some(3)), 20);
     assert_eq!(replicas_to_hold(5, None), 5);
