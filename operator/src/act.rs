@@ -10,7 +10,6 @@
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
@@ -35,20 +34,13 @@ pub async fn act(gsvc: &GracefulService, plan: Plan, ctx: &Context) -> Result<Ac
     let client = &ctx.client;
     let ns = gsvc.metadata.namespace.as_deref().unwrap_or_default();
     let name = gsvc.metadata.name.as_deref().unwrap_or_default();
-    if let Some(d) = &plan.applies.deployment {
-        apply_child(&Api::<Deployment>::namespaced(client.clone(), ns), d, ctx).await?;
-    }
-    if let Some(s) = &plan.applies.service {
-        apply_child(&Api::<Service>::namespaced(client.clone(), ns), s, ctx).await?;
-    }
-    if let Some(b) = &plan.applies.budget {
-        apply_child(
-            &Api::<PodDisruptionBudget>::namespaced(client.clone(), ns),
-            b,
-            ctx,
-        )
-        .await?;
-    }
+    // The Deployment first: when the API server refuses it (an invalid template), nothing else
+    // of a broken spec is created. The Service and the budget then go out together.
+    apply_if(ctx, ns, plan.applies.deployment.as_ref()).await?;
+    tokio::try_join!(
+        apply_if(ctx, ns, plan.applies.service.as_ref()),
+        apply_if::<PodDisruptionBudget>(ctx, ns, plan.applies.budget.as_ref()),
+    )?;
     if let Some(write) = &plan.step {
         marking::mark_idlest(client, ns, &write.pods, write.admin_port, write.mark).await;
         let mut stepped = write.deployment.clone();
@@ -93,6 +85,21 @@ where
         .ok_or(Error::MissingField("metadata.name"))?;
     let params = PatchParams::apply(FIELD_MANAGER).force();
     Ok(api.patch(name, &params, &Patch::Apply(object)).await?)
+}
+
+/// [`apply_child`] of `object` in `ns`, when there is one to apply.
+async fn apply_if<K>(ctx: &Context, ns: &str, object: Option<&K>) -> Result<(), Error>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + Serialize
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    match object {
+        Some(object) => apply_child(&Api::namespaced(ctx.client.clone(), ns), object, ctx).await,
+        None => Ok(()),
+    }
 }
 
 /// [`apply`], then remembered so an unchanged child is not applied again.
