@@ -24,6 +24,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 
 use crate::FIELD_MANAGER;
 use crate::act::act;
+use crate::cache_sync::{self, Listed, Listing};
 use crate::crd::{GracefulService, GracefulServiceStatus, MANAGED_SELECTOR, NAME_KEY};
 use crate::decide::{self, decide};
 use crate::drift::LastApplied;
@@ -56,13 +57,17 @@ pub struct Context {
     /// own changes trigger often runs before the watch cache shows the status the step wrote;
     /// compared with the older one there, the same status would be written again.
     written: Mutex<HashMap<String, GracefulServiceStatus>>,
+    /// Whether each of the three caches has been listed ([`Context::synced`]).
+    listed: [Listed; 3],
 }
 
 /// The write halves of [`Context`]'s caches, consumed by [`run`]'s watches.
 pub struct CacheWriters {
     gsvcs: reflector::store::Writer<GracefulService>,
-    services: reflector::store::Writer<Service>,
-    budgets: reflector::store::Writer<PodDisruptionBudget>,
+    pub(crate) services: reflector::store::Writer<Service>,
+    pub(crate) budgets: reflector::store::Writer<PodDisruptionBudget>,
+    /// The caches' list signals, in the order gsvcs, services, budgets.
+    listing: [Listing; 3],
 }
 
 impl Context {
@@ -76,6 +81,7 @@ impl Context {
         let (gsvcs, gsvcs_writer) = reflector::store();
         let (services, services_writer) = reflector::store();
         let (budgets, budgets_writer) = reflector::store();
+        let [(gl, gd), (sl, sd), (bl, bd)] = [(); 3].map(|()| cache_sync::pair());
         let ctx = Self {
             recorder: Recorder::new(client.clone(), reporter),
             client,
@@ -86,11 +92,13 @@ impl Context {
             gsvcs,
             services,
             budgets,
+            listed: [gd, sd, bd],
         };
         let writers = CacheWriters {
             gsvcs: gsvcs_writer,
             services: services_writer,
             budgets: budgets_writer,
+            listing: [gl, sl, bl],
         };
         (ctx, writers)
     }
@@ -99,13 +107,8 @@ impl Context {
     /// answered (so the CRD is installed and readable) and so did the children's. Never resolves
     /// while a list keeps failing (the errors are logged and counted by [`run`]).
     pub async fn synced(&self) {
-        let all = futures::future::join3(
-            self.gsvcs.wait_until_ready(),
-            self.services.wait_until_ready(),
-            self.budgets.wait_until_ready(),
-        )
-        .await;
-        if let (Err(_), _, _) | (_, Err(_), _) | (_, _, Err(_)) = all {
+        let all = futures::future::join_all(self.listed.iter().map(Listed::wait)).await;
+        if all.contains(&false) {
             // A writer was dropped: run ended before syncing. Stay unready.
             std::future::pending::<()>().await;
         }
@@ -126,12 +129,14 @@ pub async fn run(
 ) {
     let client = ctx.client.clone();
     let managed = watcher::Config::default().labels(MANAGED_SELECTOR);
+    let [gsvcs_listing, services_listing, budgets_listing] = writers.listing;
     let gsvcs = watcher(
         scoped::<GracefulService>(&client, &namespace),
         watcher::Config::default(),
     )
     .modify(slim)
     .reflect(writers.gsvcs)
+    .inspect(move |event| gsvcs_listing.observe(event))
     .applied_objects();
     let metrics = ctx.metrics.clone();
     // Deployments, pods and EndpointSlices only trigger reconciles (which read them fresh), so
@@ -148,6 +153,7 @@ pub async fn run(
             watcher(scoped::<Service>(&client, &namespace), managed.clone())
                 .modify(slim)
                 .reflect(writers.services)
+                .inspect(move |event| services_listing.observe(event))
                 .touched_objects(),
         )
         .owns_stream(
@@ -157,6 +163,7 @@ pub async fn run(
             )
             .modify(slim)
             .reflect(writers.budgets)
+            .inspect(move |event| budgets_listing.observe(event))
             .touched_objects(),
         )
         .watches_stream(
@@ -357,31 +364,6 @@ impl Context {
         if let Ok(mut map) = self.failures.lock() {
             map.remove(key);
         }
-    }
-}
-
-#[cfg(test)]
-impl Context {
-    /// A context on `client` whose Service and budget caches already hold `services` and
-    /// `budgets`, as if their watches had listed them; the mock-API tests ([`crate::fixtures`])
-    /// use it to choose between a cache hit and a GET.
-    pub(crate) fn with_cached(
-        client: Client,
-        services: Vec<Service>,
-        budgets: Vec<PodDisruptionBudget>,
-    ) -> Self {
-        let (ctx, mut writers) = Self::new(client, Metrics::default());
-        for service in services {
-            writers
-                .services
-                .apply_watcher_event(&watcher::Event::Apply(service));
-        }
-        for budget in budgets {
-            writers
-                .budgets
-                .apply_watcher_event(&watcher::Event::Apply(budget));
-        }
-        ctx
     }
 }
 

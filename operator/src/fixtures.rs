@@ -26,6 +26,7 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::Client;
 use kube::client::Body;
 use kube::runtime::controller::Action;
+use kube::runtime::watcher;
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 use tower_test::mock;
@@ -33,6 +34,7 @@ use tower_test::mock;
 use crate::controller::{Context, reconcile};
 use crate::crd::GracefulService;
 use crate::error::Error;
+use crate::metrics::Metrics;
 
 #[path = "fixtures_objects.rs"]
 pub(crate) mod objects;
@@ -273,7 +275,16 @@ impl MockApi {
     ) -> Self {
         let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
         let client = Client::new(service, "default");
-        let ctx = Arc::new(Context::with_cached(client, services, budgets));
+        let (ctx, mut writers) = Context::new(client, Metrics::default());
+        for service in services {
+            let event = watcher::Event::Apply(service);
+            writers.services.apply_watcher_event(&event);
+        }
+        for budget in budgets {
+            let event = watcher::Event::Apply(budget);
+            writers.budgets.apply_watcher_event(&event);
+        }
+        let ctx = Arc::new(ctx);
         let server = tokio::spawn(serve(handle, script));
         Self { ctx, server }
     }

@@ -8,6 +8,7 @@
 //! ([`http`], [`leader`], [`telemetry`]).
 
 pub mod act;
+pub mod cache_sync;
 pub mod controller;
 pub mod crd;
 pub mod decide;

@@ -61,5 +61,5 @@ async fn an_operator_that_cannot_list_is_not_ready_and_says_why() -> Result<()> 
         Ok((readyz(&operator)? == "200").then_some(()))
     })
     .await
-    .map(|_| ())
+    .map_err(|e| e.context(operator.log_tail(40)))
 }

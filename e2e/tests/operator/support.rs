@@ -104,6 +104,15 @@ impl Operator {
         Ok(self.child.try_wait()?.is_some())
     }
 
+    /// The last `n` lines of the operator's log, for an error that needs them to be understood.
+    #[allow(dead_code)] // not every binary that includes this file explains a failure this way
+    pub fn log_tail(&self, n: usize) -> String {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        let tail = lines[lines.len().saturating_sub(n)..].join("\n");
+        format!("--- last lines of {} ---\n{tail}", self.log.display())
+    }
+
     /// SIGKILL: no chance to clean up, as when a node dies.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
@@ -129,10 +138,7 @@ impl Drop for Operator {
     fn drop(&mut self) {
         self.kill();
         if std::thread::panicking() {
-            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(40).collect();
-            eprintln!("--- last lines of {} ---", self.log.display());
-            tail.iter().rev().for_each(|l| eprintln!("{l}"));
+            eprintln!("{}", self.log_tail(40));
         }
     }
 }
