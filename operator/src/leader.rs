@@ -2,8 +2,9 @@
 //! only one reconciles, and a leader that can no longer renew stops before anyone may take over.
 //!
 //! The rules are client-go's `leaderelection` package, written out here because the one crate
-//! we used (kube-lease-manager 0.13) broke two of them, and a CI run of
-//! `faults::leader_cut_off_from_the_api_stops_before_the_standby_takes_over` found both:
+//! we used (kube-lease-manager 0.13) broke the first two below, which a CI run of
+//! `faults::leader_cut_off_from_the_api_stops_before_the_standby_takes_over` found, and read
+//! expiry from the holder's clock instead of the third:
 //! - **Every write carries the Lease's resourceVersion** (a `replace` of the object just read).
 //!   A renewal held up in the network and delivered after a standby took the Lease is refused
 //!   with 409 instead of setting `renewTime` back under the new holder's feet (the crate renewed
