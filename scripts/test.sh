@@ -19,6 +19,12 @@ step "node runtime: containerd, runc, CNI plugins, umoci, iptables, nftables (ca
 TESTBED_NODE_RUNTIME_DIR=$(testbed/scripts/install-node-runtime.sh)
 export TESTBED_NODE_RUNTIME_DIR
 
+step "python3 (the crash-loop walk squats a pod's port with it)"
+if ! command -v python3 >/dev/null; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q && apt-get install -y -q --no-install-recommends python3
+fi
+
 step "metrics-server, for the HorizontalPodAutoscaler proof (cached)"
 TESTBED_METRICS_SERVER_DIR=$(testbed/scripts/build-tool.sh metrics-server)
 export TESTBED_METRICS_SERVER_DIR

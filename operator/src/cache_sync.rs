@@ -3,7 +3,7 @@
 //! kube-runtime's `Store::wait_until_ready` cannot serve here. Its `DelayedInit` keeps the one
 //! waker of a `futures` oneshot channel, so of two tasks waiting on the same store only the one
 //! that polled last is woken. The `Controller` itself waits on the GracefulService store before
-//! it starts reconciling; a readiness task waiting on that store too was, in one start of three,
+//! it starts reconciling; a readiness task waiting on that store too was, in 5 of 7 local starts,
 //! never woken and the operator stayed unready for good although its lists had all answered
 //! (CI run of `e2e/tests/operator/readiness.rs`). A `tokio::sync::watch` wakes every waiter.
 

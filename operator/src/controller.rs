@@ -109,7 +109,7 @@ impl Context {
     pub async fn synced(&self) {
         let all = futures::future::join_all(self.listed.iter().map(Listed::wait)).await;
         if all.contains(&false) {
-            // A writer was dropped: run ended before syncing. Stay unready.
+            // A watch ended before its list: run ended before syncing. Stay unready.
             std::future::pending::<()>().await;
         }
     }
