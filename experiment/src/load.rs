@@ -22,6 +22,10 @@ pub struct Sample {
     /// Why it failed (loadgen's error kind); `None` for a complete 2xx response.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Whether the request opened a new connection (its latency includes the connect), so a
+    /// slow request can be told apart from a slow reconnect.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub new_connection: bool,
 }
 
 impl Sample {
@@ -30,6 +34,7 @@ impl Sample {
             start_ms: ms(record.start.saturating_duration_since(origin)),
             latency_ms: ms(record.latency),
             error: record.error.map(|e| e.to_string()),
+            new_connection: record.new_connection,
         }
     }
 }
@@ -132,6 +137,7 @@ mod tests {
             start_ms: 0.0,
             latency_ms,
             error: error.map(str::to_string),
+            new_connection: false,
         }
     }
 

@@ -232,6 +232,7 @@ mod tests {
             start_ms,
             latency_ms,
             error: error.then(|| "refused".to_string()),
+            new_connection: false,
         }
     }
 
