@@ -38,6 +38,7 @@ fn params(cluster: &Cluster) -> Params {
         clients: 30,
         duration: Duration::from_secs(12),
         warmup: Duration::ZERO,
+        ramp: Duration::from_millis(300),
         min_tail: Duration::from_secs(3),
         change_timeout: Duration::from_secs(180),
         max_requests: 100_000,

@@ -5,6 +5,7 @@
 //! - [`workloads`]: the graceful and the naive setup as Kubernetes objects
 //! - [`scenario`]: one scenario x setup from deploy to cleanup
 //! - [`load`]: the keep-alive clients and the table's statistics
+//! - [`settle`]: when a deploy or a change is complete
 //! - [`timeline`]: the rollout's events on the load's clock
 //! - [`observe`]: watchers that fill the timeline, and the progress line
 //! - [`report`] and [`plot`]: Markdown, JSON and SVG
@@ -15,6 +16,7 @@ pub mod observe;
 pub mod plot;
 pub mod report;
 pub mod scenario;
+pub mod settle;
 pub mod timeline;
 pub mod wait;
 pub mod workloads;

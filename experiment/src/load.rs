@@ -56,6 +56,8 @@ pub struct LoadConfig {
     pub max_duration: Duration,
     /// Bound on one request (connect, send, full response).
     pub request_timeout: Duration,
+    /// The clients start spread evenly over this long (see [`LoadSpec::ramp`]).
+    pub ramp: Duration,
 }
 
 /// Runs the load until `control.stop()`, `max_duration` or `max_requests`; sample times count
@@ -65,7 +67,8 @@ pub async fn run(cfg: LoadConfig, origin: Instant, control: Control) -> anyhow::
         .concurrency(cfg.clients)
         .max_requests(cfg.max_requests)
         .duration(cfg.max_duration)
-        .request_timeout(cfg.request_timeout);
+        .request_timeout(cfg.request_timeout)
+        .ramp(cfg.ramp);
     let report = loadgen::run(spec, control).await?;
     Ok(LoadResult {
         samples: report

@@ -45,10 +45,15 @@ struct Args {
     /// Minimum load time per run, in seconds; the change is applied after a quarter of it.
     #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(4..=3600))]
     duration: u64,
-    /// Seconds at the start of each run left out of the table (clients opening their
-    /// connections all at once); the whole run is reported as well.
-    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=600))]
+    /// Seconds at the start of each run left out of the first table (none by default); the
+    /// whole run is reported as well.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=600))]
     warmup: u64,
+    /// The clients start spread evenly over this many milliseconds, each first request timed
+    /// from its client's start (0: all in the same instant, when the generator's own connect
+    /// storm delays the first requests).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    ramp_ms: u64,
     /// Load kept after the change completed, at least, in seconds.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=3600))]
     min_tail: u64,
@@ -182,6 +187,7 @@ async fn run(args: &Args, cluster: &mut Cluster, command: &str) -> anyhow::Resul
         clients: args.clients as usize,
         duration: Duration::from_secs(args.duration),
         warmup: Duration::from_secs(args.warmup),
+        ramp: Duration::from_millis(args.ramp_ms),
         min_tail: Duration::from_secs(args.min_tail),
         change_timeout: Duration::from_secs(args.change_timeout),
         max_requests: args.max_requests,

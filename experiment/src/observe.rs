@@ -1,5 +1,5 @@
-//! Watching a run as it happens: the pods' deletions and the Deployment's replica steps go onto the
-//! timeline; a status line on stderr shows requests, errors, rate and pods.
+//! Watching a run as it happens: the pods and the Deployment are cached for the settle check, their
+//! deletions and replica steps go onto the timeline; a status line on stderr shows requests, errors, rate and pods.
 
 use std::io::IsTerminal as _;
 use std::time::{Duration, Instant};
@@ -7,26 +7,41 @@ use std::time::{Duration, Instant};
 use futures::StreamExt as _;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::ListParams;
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Api, Client};
 use loadgen::Control;
 
 use crate::timeline::{EventKind, Timeline};
 
-/// Watches the namespace's pods and Deployment and records deletions and replica changes.
-pub fn spawn_watchers(
-    client: &Client,
-    ns: &str,
-    timeline: Timeline,
-) -> tokio::task::JoinHandle<()> {
+/// The namespace's pods and Deployments as the watchers last saw them, and the task that keeps
+/// them current (aborted on drop).
+pub struct Watched {
+    pub pods: Store<Pod>,
+    pub deployments: Store<Deployment>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Watches the namespace's pods and Deployment into caches, and records deletions and replica
+/// changes on the timeline.
+pub fn spawn_watchers(client: &Client, ns: &str, timeline: Timeline) -> Watched {
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    let (pod_store, pod_writer) = reflector::store();
+    let (deployment_store, deployment_writer) = reflector::store();
     let t1 = timeline.clone();
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         let pod_events = async {
             let mut deleting = std::collections::HashSet::new();
-            let mut stream = watcher(pods, watcher::Config::default()).boxed();
+            let mut stream = watcher(pods, watcher::Config::default())
+                .reflect(pod_writer)
+                .boxed();
             while let Some(ev) = stream.next().await {
                 match ev {
                     Ok(watcher::Event::Apply(pod)) | Ok(watcher::Event::InitApply(pod)) => {
@@ -50,7 +65,9 @@ pub fn spawn_watchers(
         };
         let deployment_events = async {
             let mut last: Option<i32> = None;
-            let mut stream = watcher(deployments, watcher::Config::default()).boxed();
+            let mut stream = watcher(deployments, watcher::Config::default())
+                .reflect(deployment_writer)
+                .boxed();
             while let Some(ev) = stream.next().await {
                 if let Ok(watcher::Event::Apply(d)) | Ok(watcher::Event::InitApply(d)) = ev {
                     let replicas = d.spec.and_then(|s| s.replicas).unwrap_or(1);
@@ -62,19 +79,18 @@ pub fn spawn_watchers(
             }
         };
         futures::join!(pod_events, deployment_events);
-    })
+    });
+    Watched {
+        pods: pod_store,
+        deployments: deployment_store,
+        task,
+    }
 }
 
 /// A status line on stderr: elapsed, requests, errors, rate, pods.
-pub async fn progress(
-    label: String,
-    origin: Instant,
-    control: Control,
-    client: Client,
-    ns: String,
-) {
+/// The pods come from the watchers' cache: the status line sends nothing to the API server.
+pub async fn progress(label: String, origin: Instant, control: Control, pods: Store<Pod>) {
     let tty = std::io::stderr().is_terminal();
-    let pods: Api<Pod> = Api::namespaced(client, &ns);
     let mut last_sent = 0;
     let mut tick = 0u64;
     loop {
@@ -82,17 +98,12 @@ pub async fn progress(
         tick += 1;
         let sent = control.finished();
         let errors = control.failed();
-        let (running, terminating) = match pods.list(&ListParams::default()).await {
-            Ok(l) => {
-                let t = l
-                    .items
-                    .iter()
-                    .filter(|p| p.metadata.deletion_timestamp.is_some())
-                    .count();
-                (l.items.len() - t, t)
-            }
-            Err(_) => (0, 0),
-        };
+        let pods = pods.state();
+        let terminating = pods
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_some())
+            .count();
+        let running = pods.len() - terminating;
         let line = format!(
             "  {label}  {:>5.0} s  requests {sent:>8}  errors {errors:>6}  {:>5} req/s  pods {running} (+{terminating} terminating)",
             origin.elapsed().as_secs_f64(),

@@ -23,6 +23,8 @@ pub struct RunReport {
     /// Every request, warm-up included.
     pub whole_run: Summary,
     pub warmup_ms: f64,
+    /// The clients' start was spread over this long.
+    pub ramp_ms: f64,
     /// Milliseconds from the change until the rollout (or scale-down) was complete.
     pub change_to_complete_ms: Option<f64>,
     pub events: Vec<Event>,
@@ -80,10 +82,14 @@ pub fn markdown_table(runs: &[RunReport]) -> String {
             s.errors,
         );
     }
-    out.push_str(
-        "\nThe first table counts requests started after the warm-up (while the clients open \
-         their connections all at once); requests counts every request sent; latency figures are over the successful ones; an error is \
-         any request that got no complete 2xx response (refused, reset, closed early, non-2xx, timeout).\n",
+    let ramp_ms = runs.first().map_or(0.0, |r| r.ramp_ms);
+    let _ = writeln!(
+        out,
+        "\nThe first table counts requests started after the warm-up; requests counts every \
+         request sent; latency figures are over the successful ones; an error is any request that \
+         got no complete 2xx response (refused, reset, closed early, non-2xx, timeout). The \
+         clients started spread over {ramp_ms:.0} ms, each first request timed from its client's \
+         start (its connect included).",
     );
     out
 }

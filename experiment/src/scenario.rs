@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::core::v1::{Namespace, Service};
 use kube::api::{
     ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams,
     PostParams,
@@ -15,6 +15,7 @@ use serde::Serialize;
 
 use crate::load::{self, LoadConfig, Summary};
 use crate::report::RunReport;
+use crate::settle;
 use crate::timeline::{EventKind, Timeline};
 use crate::workloads::{self, AppSpec, FIELD_MANAGER, WORKLOAD};
 use loadgen::Control;
@@ -73,10 +74,10 @@ pub struct Params {
     pub clients: usize,
     /// Minimum load duration; the change is applied after a quarter of it.
     pub duration: Duration,
-    /// Start of the load left out of the table: a thousand clients opening their connections at
-    /// the same instant measure the load generator's start, not the rollout. The whole run, warm-up
-    /// included, is reported too.
+    /// Start of the load left out of the first table; the whole run is reported too.
     pub warmup: Duration,
+    /// The clients' start, spread over this long (see [`loadgen::LoadSpec::ramp`]).
+    pub ramp: Duration,
     /// Load kept after the change completed, at least.
     pub min_tail: Duration,
     /// Bound on the change's completion; past it the run fails.
@@ -159,6 +160,7 @@ pub async fn run(
         ),
         whole_run: Summary::of(load.samples.iter()),
         warmup_ms: p.warmup.as_secs_f64() * 1000.0,
+        ramp_ms: p.ramp.as_secs_f64() * 1000.0,
         change_to_complete_ms: change.zip(complete).map(|(c, d)| d - c),
         events,
         load,
@@ -175,7 +177,7 @@ async fn drive(
     changed: &AppSpec,
 ) -> anyhow::Result<(load::LoadResult, Timeline)> {
     apply(client, ns, setup, v1).await?;
-    wait_settled(client, ns, v1, Duration::from_secs(180))
+    settle::wait_listed(client, ns, v1, Duration::from_secs(180))
         .await
         .with_context(|| {
             format!(
@@ -190,7 +192,7 @@ async fn drive(
     let origin = Instant::now();
     let timeline = Timeline::new(origin);
     timeline.record(EventKind::LoadStarted);
-    let watchers = crate::observe::spawn_watchers(client, ns, timeline.clone());
+    let watched = crate::observe::spawn_watchers(client, ns, timeline.clone());
     let control = Control::new();
     let cfg = LoadConfig {
         target,
@@ -199,6 +201,7 @@ async fn drive(
         max_requests: p.max_requests,
         max_duration: p.duration + p.change_timeout + p.min_tail,
         request_timeout: Duration::from_millis(p.work_ms) + Duration::from_secs(30),
+        ramp: p.ramp,
     };
     eprintln!(
         "==> {scenario}/{setup}: load of {} keep-alive clients through {target}",
@@ -209,8 +212,7 @@ async fn drive(
         format!("{scenario}/{setup}"),
         origin,
         control.clone(),
-        client.clone(),
-        ns.to_string(),
+        watched.pods.clone(),
     ));
 
     let outcome = async {
@@ -225,7 +227,7 @@ async fn drive(
         };
         apply(client, ns, setup, changed).await?;
         timeline.record(EventKind::ChangeApplied { what });
-        wait_settled(client, ns, changed, p.change_timeout)
+        settle::wait_watched(&watched, changed, p.change_timeout)
             .await
             .with_context(|| format!("{scenario}/{setup}: the change did not complete"))?;
         timeline.record(EventKind::RolloutComplete);
@@ -239,7 +241,7 @@ async fn drive(
     let load = load_task.await.context("load task")??;
     timeline.record(EventKind::LoadStopped);
     progress.abort();
-    watchers.abort();
+    drop(watched);
     eprintln!(
         "\n==> {scenario}/{setup}: {} requests, {} errors",
         control.finished(),
@@ -278,52 +280,6 @@ async fn apply(client: &Client, ns: &str, setup: Setup, app: &AppSpec) -> anyhow
         }
     }
     Ok(())
-}
-
-/// True once the namespace holds exactly `app.replicas` pods, all running `app`'s image, all
-/// Ready, none terminating, and the Deployment agrees.
-async fn wait_settled(
-    client: &Client,
-    ns: &str,
-    app: &AppSpec,
-    timeout: Duration,
-) -> anyhow::Result<()> {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
-    let image = app.image();
-    crate::wait::until(timeout, || async {
-        let list = pods.list(&ListParams::default()).await?;
-        let settled_pods = list.items.len() == app.replicas as usize
-            && list.items.iter().all(|pod| {
-                pod.metadata.deletion_timestamp.is_none()
-                    && pod.spec.as_ref().is_some_and(|s| {
-                        s.containers
-                            .iter()
-                            .all(|c| c.image.as_deref() == Some(&image))
-                    })
-                    && pod_ready(pod)
-            });
-        let ds = deployments.list(&ListParams::default()).await?;
-        let settled_deployment = ds.items.len() == 1
-            && ds.items.iter().all(|d| {
-                let spec_replicas = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-                let st = d.status.clone().unwrap_or_default();
-                spec_replicas == app.replicas
-                    && st.observed_generation >= d.metadata.generation
-                    && st.replicas.unwrap_or(0) == app.replicas
-                    && st.updated_replicas.unwrap_or(0) == app.replicas
-                    && st.ready_replicas.unwrap_or(0) == app.replicas
-            });
-        Ok(settled_pods && settled_deployment)
-    })
-    .await
-}
-
-fn pod_ready(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
 /// The node port of the namespace's NodePort Service (the operator's, or the naive one).
@@ -366,6 +322,7 @@ async fn wait_serving(target: std::net::SocketAddr, timeout: Duration) -> anyhow
             max_requests: 1,
             max_duration: Duration::from_secs(5),
             request_timeout: Duration::from_secs(5),
+            ramp: Duration::ZERO,
         };
         let r = load::run(probe, Instant::now(), Control::new()).await?;
         if r.samples.iter().all(|s| s.error.is_none()) && !r.samples.is_empty() {

@@ -8,8 +8,10 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EnvVar, PodSpec, PodTemplateSpec, Service, ServicePort, ServiceSpec,
+    Container, ContainerPort, EnvVar, PodSpec, PodTemplateSpec, ResourceRequirements, Service,
+    ServicePort, ServiceSpec,
 };
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::json;
@@ -53,6 +55,23 @@ fn labels() -> BTreeMap<String, String> {
     BTreeMap::from([("app".to_string(), WORKLOAD.to_string())])
 }
 
+/// Both setups' app container requests CPU, as a production service does. Without a request a pod
+/// is BestEffort, and its cgroup weighs 2 against a Burstable sibling's 51 or more (the operator's
+/// pod, on one node): whenever that node's other pods are busy, as in the first seconds of a
+/// rollout, its best-effort app pods wait for the CPU and the requests they hold wait with them.
+pub fn app_resources() -> ResourceRequirements {
+    ResourceRequirements {
+        requests: Some(
+            [
+                ("cpu".to_string(), Quantity("100m".into())),
+                ("memory".to_string(), Quantity("32Mi".into())),
+            ]
+            .into(),
+        ),
+        ..ResourceRequirements::default()
+    }
+}
+
 /// The naive Deployment: the post's starting point. No preStop hook, no readiness probe, the
 /// default grace period: the pod is removed from the Service at the same moment it gets SIGTERM,
 /// and a new pod counts as ready as soon as its process runs.
@@ -85,6 +104,7 @@ pub fn naive_deployment(namespace: &str, app: &AppSpec) -> Deployment {
                             container_port: APP_PORT,
                             ..ContainerPort::default()
                         }]),
+                        resources: Some(app_resources()),
                         ..Container::default()
                     }],
                     ..PodSpec::default()
@@ -132,6 +152,7 @@ pub fn graceful_service(namespace: &str, app: &AppSpec) -> serde_json::Value {
             "replicas": app.replicas,
             "image": app.image(),
             "env": [{ "name": "GRACEFUL_WORK_MS", "value": app.work_ms.to_string() }],
+            "resources": app_resources(),
             "service": { "type": "NodePort" },
             "scaleDown": { "preferIdlePods": app.prefer_idle_pods },
         }

@@ -99,6 +99,7 @@ async fn run_here(spec: LoadSpec, control: Control) -> anyhow::Result<Report> {
             spec: spec.clone(),
             control: control.clone(),
             budget: budget.clone(),
+            start: started + spec.start_offset(id),
             deadline,
         };
         workers.spawn(job.run());

@@ -42,6 +42,9 @@ struct Args {
     /// Bound on one request, in milliseconds.
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     timeout_ms: u64,
+    /// Start the workers spread evenly over this many milliseconds instead of all at once.
+    #[arg(long, default_value_t = 0)]
+    ramp_ms: u64,
     /// Also print one line per second: offset, requests, errors, p50 ms, p99 ms.
     #[arg(long)]
     timeline: bool,
@@ -55,6 +58,7 @@ async fn main() -> anyhow::Result<()> {
         .max_requests(args.requests)
         .duration(Duration::from_millis(args.duration_ms))
         .request_timeout(Duration::from_millis(args.timeout_ms))
+        .ramp(Duration::from_millis(args.ramp_ms))
         .mode(match args.mode {
             Mode::KeepAlive => ConnectionMode::KeepAlive,
             Mode::Close => ConnectionMode::Close,

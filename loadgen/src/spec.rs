@@ -35,6 +35,12 @@ pub struct LoadSpec {
     pub mode: ConnectionMode,
     /// Bound on one request, connect included; past it the request fails as a timeout.
     pub request_timeout: Duration,
+    /// The workers start spread evenly over this long (zero: all at once). Each worker's first
+    /// request starts, and is timed, at its turn. A thousand workers started in the same instant
+    /// measure the generator, not the server: each connect runs the SYN's whole path through
+    /// the kernel (NAT, veth, the server's handshake) in the connecting thread, and a worker
+    /// whose connect finished waits to send its request behind every worker not yet started.
+    pub ramp: Duration,
 }
 
 impl LoadSpec {
@@ -49,6 +55,7 @@ impl LoadSpec {
             duration: Duration::from_secs(10),
             mode: ConnectionMode::KeepAlive,
             request_timeout: Duration::from_secs(10),
+            ramp: Duration::ZERO,
         }
     }
 
@@ -77,6 +84,20 @@ impl LoadSpec {
         self
     }
 
+    pub fn ramp(mut self, ramp: Duration) -> Self {
+        self.ramp = ramp;
+        self
+    }
+
+    /// When worker `id` starts, after the run's start: its share of the ramp.
+    pub(crate) fn start_offset(&self, id: usize) -> Duration {
+        let share = u32::try_from(id).unwrap_or(u32::MAX);
+        let workers = u32::try_from(self.concurrency).unwrap_or(u32::MAX).max(1);
+        self.ramp
+            .checked_mul(share)
+            .map_or(self.ramp, |spread| spread / workers)
+    }
+
     pub fn host(mut self, host: impl Into<String>) -> Self {
         self.host = Some(host.into());
         self
@@ -90,5 +111,19 @@ impl LoadSpec {
             "request timeout must be positive"
         );
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ramp_spreads_the_workers_starts_evenly_and_none_by_default() {
+        let spec = LoadSpec::new(([127, 0, 0, 1], 80).into(), "/").concurrency(4);
+        assert!((0..4).all(|id| spec.start_offset(id).is_zero()));
+        let spec = spec.ramp(Duration::from_millis(400));
+        let offsets: Vec<u128> = (0..4).map(|id| spec.start_offset(id).as_millis()).collect();
+        assert_eq!(offsets, [0, 100, 200, 300]);
     }
 }

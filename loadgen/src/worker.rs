@@ -20,6 +20,8 @@ pub(crate) struct Worker {
     pub spec: Arc<LoadSpec>,
     pub control: Control,
     pub budget: Arc<AtomicU64>,
+    /// When the first request starts (the worker's turn in the ramp).
+    pub start: Instant,
     pub deadline: Instant,
 }
 
@@ -58,6 +60,7 @@ impl Worker {
     pub async fn run(self) -> Vec<RequestRecord> {
         let mut records = Vec::new();
         let mut connection: Option<Sender> = None;
+        tokio::time::sleep_until(self.start.into()).await;
         loop {
             if self.control.is_stopped() || Instant::now() >= self.deadline {
                 break;
@@ -314,6 +317,7 @@ mod tests {
             spec: Arc::new(LoadSpec::new(addr, "/").mode(ConnectionMode::Http2)),
             control,
             budget: Arc::default(),
+            start: Instant::now(),
             deadline: Instant::now() + Duration::from_secs(10),
         }
     }
