@@ -164,7 +164,7 @@ pub fn graceful_service(namespace: &str, app: &AppSpec) -> serde_json::Value {
 /// drain proxy of `Sidecar` mode.
 pub fn sidecar_service(namespace: &str, app: &AppSpec) -> serde_json::Value {
     let mut gsvc = graceful_service(namespace, app);
-    gsvc["spec"]["shutdown"] = json!({ "mode": "Sidecar" });
+    gsvc["spec"]["shutdown"] = json!({ "mode": "Sidecar", "proxyResources": app_resources() });
     gsvc["spec"]["args"] = json!(["--shutdown-mode", "immediate", "--admin-port", "9091"]);
     gsvc
 }

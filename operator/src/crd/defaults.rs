@@ -83,6 +83,7 @@ impl Default for ShutdownSpec {
         Self {
             mode: super::ShutdownMode::default(),
             proxy_image: None,
+            proxy_resources: None,
             drain_delay_seconds: drain_delay(),
             max_request_seconds: max_request(),
             termination_grace_period_seconds: grace(),

@@ -59,6 +59,32 @@ pub fn container(spec: &GracefulServiceSpec, token: &str) -> Container {
         liveness_probe: Some(liveness(spec, &admin_probe(&spec.paths.liveness))),
         startup_probe: startup(spec, &admin_probe(&spec.paths.liveness)),
         security_context: Some(restricted(true)),
+        resources: spec.shutdown.proxy_resources.clone(),
         ..Container::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(shutdown: serde_json::Value) -> GracefulServiceSpec {
+        serde_json::from_value(serde_json::json!({ "shutdown": shutdown })).unwrap()
+    }
+
+    #[test]
+    fn the_proxy_gets_the_resources_of_shutdown_proxy_resources_and_none_by_default() {
+        let none = container(&spec(serde_json::json!({ "mode": "Sidecar" })), "t");
+        assert_eq!(none.resources, None);
+        let set = container(
+            &spec(serde_json::json!({
+                "mode": "Sidecar",
+                "proxyResources": { "requests": { "cpu": "100m", "memory": "32Mi" } },
+            })),
+            "t",
+        );
+        let requests = set.resources.and_then(|r| r.requests).unwrap_or_default();
+        assert_eq!(requests["cpu"].0, "100m");
+        assert_eq!(requests["memory"].0, "32Mi");
     }
 }
