@@ -126,8 +126,8 @@ async fn app_sigkilled_mid_scale_down_step_waits_until_whole() -> Result<()> {
 }
 
 /// For each kill: the pod turned unready, then Ready again after a restart, and the next step
-/// came after that, or before the kubelet reported the kill (in resourceVersion order). Returns
-/// how many kills held the next step.
+/// came after that, or before the kubelet reported the kill (in resourceVersion order; the step
+/// may then remove the killed pod itself). Returns how many kills held the next step.
 fn check_kills(round: usize, rec: &Recording, seen: &Watched, kills: &[Kill]) -> Result<usize> {
     let mut held = 0;
     for kill in kills {
@@ -140,14 +140,29 @@ fn check_kills(round: usize, rec: &Recording, seen: &Watched, kills: &[Kill]) ->
             .iter()
             .find(|p| !p.ready)
             .with_context(|| format!("{} never turned unready", kill.pod))?;
-        let whole = after
-            .iter()
-            .find(|p| p.ready && p.restarts >= 1)
-            .with_context(|| format!("{} never Ready again after a restart", kill.pod))?;
         let &(step_rev, step_value) = rec
             .replicas
             .get(kill.next_step)
             .context("no step after the kill")?;
+        let whole = after.iter().find(|p| p.ready && p.restarts >= 1);
+        let removed = rec.terminating.iter().find(|(_, pod)| *pod == kill.pod);
+        // A step written before the kubelet reported the kill may take the killed pod itself:
+        // the ReplicaSet controller deletes unready pods first. It never comes back then.
+        if let (None, Some((removed_rev, _))) = (whole, removed) {
+            ensure!(
+                step_rev < unready.rev,
+                "round {round}: step (rev {step_rev}) taken while {} was reported down (unready rev {})",
+                kill.pod,
+                unready.rev
+            );
+            eprintln!(
+                "round {round}: app of {} SIGKILLed; the step (rev {step_rev}) came before the kubelet reported it unready (rev {}), and the pod was the one removed (rev {removed_rev})",
+                kill.pod, unready.rev
+            );
+            continue;
+        }
+        let whole =
+            whole.with_context(|| format!("{} never Ready again after a restart", kill.pod))?;
         let step_at = seen
             .replicas
             .iter()
