@@ -1,5 +1,6 @@
-//! Watching a run as it happens: the pods and the Deployment are cached for the settle check, their
-//! deletions and replica steps go onto the timeline; a status line on stderr shows requests, errors, rate and pods.
+//! Watching a run as it happens: the pods and the Deployment are cached for the settle check,
+//! their deletions and replica steps go onto the timeline; a status line on stderr shows
+//! requests, errors, rate and pods.
 
 use std::io::IsTerminal as _;
 use std::time::{Duration, Instant};

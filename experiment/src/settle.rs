@@ -3,7 +3,7 @@
 //!
 //! Before the load starts this is checked on lists. While the load runs it is checked on the
 //! watchers' caches ([`crate::observe::Watched`]), so the measuring tool sends no list to the API
-//! server during the measurement: its polls of whole pod and Deployment lists, four a second,
+//! server during the measurement: its polls, a pod list and a Deployment list every 250 ms,
 //! competed for the same two cores as the rollout they measured.
 
 use std::time::Duration;
